@@ -1,0 +1,72 @@
+"""Shared fixtures: a tokenizer trained on the bundled data, tiny real models, and the reference data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bundled_texts():
+    for path in sorted((REPO / "data").rglob("*")):
+        if path.is_file():
+            yield from path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """Byte-level BPE trained here on data/, with `<|endoftext|>`=0, `<|padding|>`=1 and the chat tokens."""
+    from trainer.tiny import train_tokenizer
+
+    return train_tokenizer(_bundled_texts())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory):
+    """`tiny_model_dir("gpt_neox" | "mpt" | "falcon")`: a saved random tiny model with the fixture tokenizer."""
+    from trainer.tiny import save_tiny_model
+
+    made: dict[str, Path] = {}
+
+    def make(architecture: str) -> Path:
+        if architecture not in made:
+            made[architecture] = save_tiny_model(tmp_path_factory.mktemp(architecture), architecture, tokenizer)
+        return made[architecture]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    """`../shared/data` through DELPHI_REFERENCE_DATA; unset means skip (and say why), a wrong path fails."""
+    value = os.environ.get("DELPHI_REFERENCE_DATA")
+    if not value:
+        pytest.skip("DELPHI_REFERENCE_DATA is not set; point it at ../shared/data to run the reference-data tests")
+    path = Path(value)
+    if not (path / "oasst" / "en_100_tree.jsonl").is_file():
+        pytest.fail(f"DELPHI_REFERENCE_DATA={value} does not hold oasst/en_100_tree.jsonl")
+    return path
+
+
+@pytest.fixture(scope="session")
+def neox20b_tokenizer(reference_data, tmp_path_factory):
+    """The real GPT-NeoX-20B tokenizer (50,277 tokens) as a tokenizer directory, plus the chat tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.tokens import load_tokenizer
+
+    raw = PreTrainedTokenizerFast(tokenizer_file=str(reference_data / "tokenizers/gpt-neox-20b/20B_tokenizer.json"),
+                                  eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    directory = tmp_path_factory.mktemp("neox20b")
+    raw.save_pretrained(directory)
+    return load_tokenizer(str(directory))
+
+
+@pytest.fixture(scope="session")
+def oa_test_tokenizer(reference_data):
+    """OpenAssistant's own collator-test tokenizer (783 ids, specials at 0-6)."""
+    from trainer.tokens import load_tokenizer
+
+    return load_tokenizer(str(reference_data / "tokenizers/oa-test"))

@@ -1,0 +1,105 @@
+import pytest
+
+from trainer.config import CONFIG_DIR, load_config, write_resolved
+from trainer.errors import ConfigError
+
+REFERENCE = ("--configs defaults reference-data reference-pythia-12b --cache_dir /home/ubuntu/data_cache "
+             "--output_dir .saved/oasst-sft-3-pythia-12b-reference_2kpre --num_train_epochs 8 "
+             "--residual_dropout 0.2 --deepspeed --use_flash_attention true "
+             "--model_name andreaskoepf/pythia-12b-pre-2000").split()
+
+
+def test_reference_command_resolves_to_the_model_card_values():
+    c = load_config(REFERENCE)
+    assert c.model_name == "andreaskoepf/pythia-12b-pre-2000"
+    assert (c.learning_rate, c.warmup_steps, c.weight_decay, c.max_length) == (6e-6, 100, 0.0, 2048)
+    assert (c.per_device_train_batch_size, c.gradient_accumulation_steps, c.num_train_epochs) == (4, 2, 8)
+    assert (c.residual_dropout, c.use_flash_attention, c.deepspeed, c.gradient_checkpointing) == (0.2, True, True, True)
+    assert (c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.max_grad_norm) == (0.9, 0.95, 1e-12, 2.0)
+    assert (c.eval_steps, c.save_steps, c.save_total_limit, c.dtype, c.log_dir) == (100, 1000, 4, "fp16", "pythia_log_12b")
+    assert c.rng_seed == 0xA1221F97
+    oasst, alpaca = c.datasets
+    assert oasst.name == "oasst_export" and oasst.val_split == 0.05 and oasst.lang.split(",")[5] == "en"
+    assert oasst.input_file_path == "2023-03-25_oasst_research_ready_synth_labels.jsonl.gz"
+    assert alpaca.name == "alpaca" and alpaca.effective_val_split == 0.2
+    assert c.system_prefix.endswith("Current date: 2023-03-12")
+
+
+def test_later_sections_win_and_mappings_merge(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("a:\n  max_length: 100\n  learning_rate: 1e-4\nb:\n  max_length: 200\n")
+    c = load_config(["--configs", "a", "b", "--config_file", str(f)])
+    assert (c.max_length, c.learning_rate) == (200, 1e-4)
+    assert load_config(["--configs", "b", "a", "--config_file", str(f)]).max_length == 100
+
+
+def test_unknown_keys_name_the_file_line_and_nearest_key(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("exp:\n  learning_rat: 1e-4\n  max_length: long\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--configs", "exp", "--config_file", str(f), "--num_train_epoch", "2"])
+    msg = str(e.value)
+    assert f"{f}:2 (section 'exp'): unknown key 'learning_rat' (did you mean 'learning_rate'?)" in msg
+    assert f"{f}:3 (section 'exp'): 'max_length' must be int, got 'long'" in msg
+    assert "command line --num_train_epoch: unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)" in msg
+
+
+def test_flags_convert_types_and_bare_flags_mean_true():
+    c = load_config(["--deepspeed", "--use_flash_attention", "false", "--learning_rate=1e-4", "--max_length", "64",
+                     "--val_max_length", "none"])
+    assert (c.deepspeed, c.use_flash_attention, c.learning_rate, c.max_length, c.val_max_length) == \
+        (True, False, 1e-4, 64, None)
+    with pytest.raises(ConfigError, match="'max_length' needs a value"):
+        load_config(["--max_length"])
+    with pytest.raises(ConfigError, match="'use_flash_attention' must be bool, got 'maybe'"):
+        load_config(["--use_flash_attention", "maybe"])
+    with pytest.raises(ConfigError, match="'prompt_format' must be one of .* got 'oast'.*did you mean 'oasst'"):
+        load_config(["--prompt_format", "oast"])
+
+
+def test_unknown_section_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="unknown section 'reference-pythia12b'.*did you mean 'reference-pythia-12b'"):
+        load_config(["--configs", "reference-pythia12b"])
+
+
+def test_model_card_flat_dataset_yaml_is_read_with_a_warning(tmp_path, capsys):
+    f = tmp_path / "card.yaml"
+    f.write_text('card-data:\n  datasets:\n    - oasst_export:\n      lang: "en,de"\n      val_split: 0.05\n    - alpaca\n')
+    c = load_config(["--configs", "card-data", "--config_file", str(f)])
+    assert [d.name for d in c.datasets] == ["oasst_export", "alpaca"]
+    assert (c.datasets[0].lang, c.datasets[0].val_split) == ("en,de", 0.05)
+    assert "same indentation" in capsys.readouterr().err
+
+
+def test_dataset_option_errors(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("d:\n  datasets:\n    - alpaca: {lang: en}\n    - oasst_export: {top_k: two, val_splitt: 0.1}\n"
+                 "    - alpacca\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--configs", "d", "--config_file", str(f)])
+    msg = str(e.value)
+    assert "datasets[0] (alpaca): unknown option 'lang'; it applies to oasst_export only" in msg
+    assert "datasets[1] (oasst_export): 'top_k' must be int, got 'two'" in msg
+    assert "unknown option 'val_splitt' (did you mean 'val_split'?)" in msg
+    assert "datasets[2]: unknown dataset 'alpacca' (did you mean 'alpaca'?)" in msg
+
+
+def test_duplicate_section_names_both_places(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("defaults:\n  max_length: 3\n")
+    with pytest.raises(ConfigError, match=r"section 'defaults' is already defined at .*config\.yaml:\d+"):
+        load_config(["--config_file", str(f)])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = load_config(REFERENCE)
+    path = write_resolved(c, tmp_path)
+    again = load_config(["--configs", "resolved", "--config_file", str(path)], config_files=[])
+    assert again == c
+
+
+def test_every_bundled_section_is_valid():
+    from trainer.config import read_sections
+
+    for name in read_sections(sorted(CONFIG_DIR.glob("*.yaml"))):
+        load_config(["--configs", name])

@@ -1,0 +1,1 @@
+"""Delphi: config-driven SFT / LoRA / QLoRA fine-tuning for open chat models."""

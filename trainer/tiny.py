@@ -1,0 +1,60 @@
+"""Tiny real-architecture models (random weights) and a locally trained tokenizer, for the demo, tests and
+benchmarks: no hub needed, and they load through the same `from_pretrained` path as real checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from trainer.tokens import PADDING_TOKEN, add_chat_tokens, padded_vocab_size
+
+ARCHITECTURES = ("gpt_neox", "mpt", "falcon")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
+    """A byte-level BPE like GPT-NeoX's: `<|endoftext|>` = 0, `<|padding|>` = 1, then the chat tokens."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=["<|endoftext|>", PADDING_TOKEN])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                        pad_token=PADDING_TOKEN)
+    add_chat_tokens(tokenizer)
+    tokenizer.model_max_length = 2048
+    return tokenizer
+
+
+def model_config(architecture: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
+                 max_positions: int = 2048):
+    from transformers import FalconConfig, GPTNeoXConfig, MptConfig
+
+    if architecture == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, intermediate_size=4 * hidden,
+                             max_position_embeddings=max_positions, rotary_pct=0.25, tie_word_embeddings=False,
+                             bos_token_id=0, eos_token_id=0)
+    if architecture == "mpt":
+        return MptConfig(d_model=hidden, n_heads=heads, n_layers=layers, expansion_ratio=4,
+                         max_seq_len=max_positions, vocab_size=vocab_size,
+                         attn_config={"attn_impl": "torch", "alibi": True})
+    if architecture == "falcon":
+        return FalconConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, multi_query=True, new_decoder_architecture=False,
+                            parallel_attn=True, bias=False, alibi=False, bos_token_id=0, eos_token_id=0)
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def save_tiny_model(directory: Path | str, architecture: str, tokenizer, seed: int = 0, **shape) -> Path:
+    """Random weights, embedding rows = the tokenizer padded to x16, saved with the tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    config = model_config(architecture, padded_vocab_size(tokenizer), **shape)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

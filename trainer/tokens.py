@@ -1,0 +1,42 @@
+"""The tokenizer with the chat special tokens, and the embedding size they imply."""
+from __future__ import annotations
+
+import math
+
+from trainer.errors import ConfigError
+
+# Added in this fixed order, so the new ids never depend on the process (OASST's set() order did).
+CHAT_SPECIAL_TOKENS = ("<|prompter|>", "<|assistant|>", "<|system|>", "<|prefix_begin|>", "<|prefix_end|>")
+PADDING_TOKEN = "<|padding|>"
+
+
+def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None):
+    """AutoTokenizer plus the chat special tokens and a pad token (`<|padding|>` where the vocab has it)."""
+    from transformers import AutoTokenizer
+
+    if not name_or_path:
+        raise ConfigError("no tokenizer: set 'model_name' (or 'tokenizer_name') to a hub name or a local directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {str(e).splitlines()[0]}") from None
+    add_chat_tokens(tokenizer)
+    if model_max_length:
+        tokenizer.model_max_length = model_max_length
+    return tokenizer
+
+
+def add_chat_tokens(tokenizer) -> None:
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"tokenizer '{tokenizer.name_or_path}' has no eos token, which ends every turn")
+    missing = [t for t in CHAT_SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = PADDING_TOKEN if PADDING_TOKEN in vocab else tokenizer.eos_token
+
+
+def padded_vocab_size(tokenizer, multiple: int = 16) -> int:
+    """Embedding rows: len(tokenizer) rounded up (GPT-NeoX-20B + 5 chat tokens: 50,282 -> 50,288)."""
+    return math.ceil(len(tokenizer) / multiple) * multiple
