@@ -7,7 +7,8 @@ Packing isolation differs by architecture (checked on transformers 5.24, see tes
   model keeps no cache. Packed batches for them therefore carry `position_ids`, no `attention_mask`, and
   `use_cache=False` (a cache is built even in training otherwise, and the samples then silently mix).
 - MPT's ALiBi ignores `position_ids` and its mask never looks at them, so it gets a 4D additive
-  block-diagonal mask instead (0 = attend, float32 min = blocked), which MPT's attention honours as given.
+  block-diagonal mask instead (0 = attend, float32 min = blocked). MPT turns any mask into "True = blocked"
+  with `.to(bool)`, so it must be this float form: a boolean "True = attend" mask would be read inverted.
 - Any other architecture is refused by `packing_isolation` until it has been checked the same way.
 """
 from __future__ import annotations

@@ -64,7 +64,7 @@ class PerDatasetSampler(Sampler[int]):
         self.resample = resample
         self.sort_by_length = sort_by_length
         self.epoch = 0
-        self.fixed = None if resample else self._draw(np.random.default_rng(seed))
+        self.fixed: np.ndarray | None = None if resample else self._draw(np.random.default_rng(seed))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
