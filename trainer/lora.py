@@ -25,13 +25,10 @@ def lora_config(config: TrainConfig):
 
 def add_adapters(model, config: TrainConfig):
     """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms, input
-    gradients) by peft's prepare_model_for_kbit_training."""
+    gradients, checkpointing if asked) by peft's prepare_model_for_kbit_training."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    checkpointing = {"use_reentrant": False}
     if config.mode == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=checkpointing)
-    elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, lora_config(config))

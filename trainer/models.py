@@ -136,13 +136,14 @@ def load_model(config: TrainConfig, tokenizer) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source.name, **kwargs)
     if config.mode == "qlora":
         notes.append(f"4-bit {config.quant_type}: {check_quantized(model, source.name)} linear layers quantized")
+        _keep_4bit_weights_trainable(model)
     if source.model_type == "mpt" and not source.remote_code:
         _set_mpt_residual_dropout(model, config.residual_dropout)
     notes += resize_embeddings(model, tokenizer, config.pad_vocab_size_to_multiple_of)
     check_vocab_fits(model, tokenizer, config)
+    if config.gradient_checkpointing and config.mode != "qlora":  # qlora: prepare_model_for_kbit_training does it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.mode == "full":
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         trainable = total = sum(p.numel() for p in model.parameters())
     else:
         model = add_adapters(model, config)
@@ -226,6 +227,17 @@ def check_quantized(model, name: str) -> int:
         raise ConfigError(f"mode: qlora, but loading '{name}' in 4 bits quantized no layer (transformers "
                           f"{transformers.__version__} did not convert its linear layers)")
     return count
+
+
+def _keep_4bit_weights_trainable(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight into an inference-only layout at
+    its first no-grad eval forward and never packs it back, so the next training step (after any evaluation)
+    fails in its forward. Turning that repacking off keeps the one layout that trains."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _set_mpt_residual_dropout(model, p: float) -> None:
