@@ -141,15 +141,17 @@ def test_qlora_fork_flags_parse(tiny_model_dir):
     assert check_model_source(config).model_type == "mpt"
 
 
-def copy_config_only(source, target):
+def copy_model_files(source, target, names=("config.json", "model.safetensors")):
     target.mkdir()
-    shutil.copy(source / "config.json", target / "config.json")
+    for name in names:
+        shutil.copy(source / name, target / name)
     return target
 
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", r"model_name: '.*nowhere': not a local directory and not on the hub"),
     ("no_config", r"model_name: '.*empty' has no config.json"),
+    ("no_weights", r"model_name: '.*config_only' has config.json but no weights"),
     ("no_tokenizer", r"model_name: '.*weights_only' holds no tokenizer"),
     ("tokenizer_dir_empty", r"tokenizer_name: '.*empty' holds no tokenizer"),
     ("mpt_flag_on_neox", r"mpt: true, but '.*' is a gpt_neox checkpoint"),
@@ -165,7 +167,8 @@ def test_bad_sources_fail_before_loading(case, expected, tiny_model_dir, tmp_pat
     config = {
         "missing": lambda: tiny_config(tmp_path / "nowhere"),
         "no_config": lambda: tiny_config(tmp_path / "empty"),
-        "no_tokenizer": lambda: tiny_config(copy_config_only(neox, tmp_path / "weights_only")),
+        "no_weights": lambda: tiny_config(copy_model_files(neox, tmp_path / "config_only", ["config.json"])),
+        "no_tokenizer": lambda: tiny_config(copy_model_files(neox, tmp_path / "weights_only")),
         "tokenizer_dir_empty": lambda: tiny_config(neox, tokenizer_name=str(tmp_path / "empty")),
         "mpt_flag_on_neox": lambda: tiny_config(neox, mpt=True),
         "unknown_architecture": lambda: tiny_config(tmp_path / "gpt2"),

@@ -77,6 +77,8 @@ def check_model_source(config: TrainConfig) -> ModelSource:
     if model_type not in RESIDUAL_DROPOUT_FIELDS:
         raise ConfigError(f"model_name: '{name}' is a {model_type} checkpoint; supported: "
                           f"{', '.join(RESIDUAL_DROPOUT_FIELDS)}")
+    if local.exists() and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
+        raise ConfigError(f"model_name: '{name}' has config.json but no weights (*.safetensors or *.bin)")
     _check_tokenizer_source(config)
     remote_code = config.trust_remote_code and bool(getattr(hf_config, "auto_map", None))
     with torch.device("meta"):
