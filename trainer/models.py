@@ -150,8 +150,8 @@ def load_model(config: TrainConfig, tokenizer) -> LoadedModel:
     else:
         model = add_adapters(model, config)
         trainable, total = model.get_nb_trainable_parameters()
-        notes.append(f"LoRA r={config.lora_r} alpha={config.lora_alpha} on "
-                     f"{', '.join(sorted({n.rsplit('.', 1)[-1] for n in model.peft_config['default'].target_modules}))}")
+        targets = sorted({n.rsplit(".", 1)[-1] for n in model.peft_config["default"].target_modules})
+        notes.append(f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {', '.join(targets)}")
     optimizer = optimizer_name(config)
     notes.append(f"{config.mode}: {trainable:,} of {total:,} parameters trainable; optimizer {optimizer}")
     for note in notes:
@@ -269,7 +269,8 @@ def check_vocab_fits(model, tokenizer, config: TrainConfig) -> None:
     largest = max(tokenizer.get_vocab().values())
     rows = {"input embedding": model.get_input_embeddings().num_embeddings,
             "output head": model.get_output_embeddings().weight.shape[0]}
-    short = [f"the {part} of model_name '{config.model_name}' has {n:,} rows" for part, n in rows.items() if n <= largest]
+    short = [f"the {part} of model_name '{config.model_name}' has {n:,} rows"
+             for part, n in rows.items() if n <= largest]
     if short:
         raise ConfigError(f"tokenizer_name: '{config.effective_tokenizer_name}' has token ids up to {largest:,} but "
                           + " and ".join(short))
