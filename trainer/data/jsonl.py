@@ -1,8 +1,8 @@
 """Records from JSON Lines (plain or gzip) and JSON-array files, each with the line it starts on.
 
-Every error names `file:LINE`, so a bad record in a 100 MB export can be found and fixed. The two layouts are
-told apart by content, not by name: a file whose first non-blank character is `[` is one JSON array (Stanford's
-`alpaca_data.json`), anything else is one object per line.
+Every error names `file:LINE`, so a bad record in a 100 MB export can be found and fixed. A name ending in
+`.jsonl` (or `.jsonl.gz`) is always one object per line; any other file whose first non-blank character is `[`
+is one JSON array (Stanford's `alpaca_data.json`), since `.json` is used for both layouts in the wild.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, A
                 line_no += 1
                 if first.strip():
                     break
-            if first.lstrip().startswith("["):
+            if first.lstrip().startswith("[") and not path.name.endswith((".jsonl", ".jsonl.gz")):
                 yield from _array_records(path, first + f.read(), line_no, bad)
                 return
             if first.strip():

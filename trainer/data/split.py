@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -29,6 +30,9 @@ def seeded_split(items: list[T], val_split: float, seed: int) -> tuple[list[T], 
 
     if not items:
         return [], []
-    train, val = random_split(items, split_sizes(len(items), val_split),
-                              generator=torch.Generator().manual_seed(seed))
+    with warnings.catch_warnings():
+        # Sizes [1, 0] sum to 1, so torch reads them as fractions (same result) and warns about the empty part.
+        warnings.filterwarnings("ignore", message="Length of split at index")
+        train, val = random_split(items, split_sizes(len(items), val_split),
+                                  generator=torch.Generator().manual_seed(seed))
     return [items[i] for i in train.indices], [items[i] for i in val.indices]
