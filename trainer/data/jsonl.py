@@ -76,7 +76,8 @@ def _line_records(path: Path, lines, bad: BadRecords) -> Iterator[tuple[int, dic
         try:
             record = loads(line)
         except json.JSONDecodeError as e:
-            bad.handle(DataError(f"{path}:{line_no}: not valid JSON: {e.msg} (column {e.colno})"))
+            column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # an error at the line's end points at its end
+            bad.handle(DataError(f"{path}:{line_no}: not valid JSON: {e.msg} (column {column})"))
             continue
         if not isinstance(record, dict):
             bad.handle(DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"))
