@@ -174,12 +174,12 @@ def test_tree_filters_on_the_bundled_sample():
     default = load_source(oasst(SAMPLE_TREES), "no-cache")
     assert {k: default.counts[k] for k in ("trees_read", "trees_dropped_state", "trees_dropped_review",
                                            "trees_dropped_lang", "trees_kept")} == {
-        "trees_read": 32, "trees_dropped_state": 3, "trees_dropped_review": 1, "trees_dropped_lang": 5,
-        "trees_kept": 23}
+        "trees_read": 40, "trees_dropped_state": 4, "trees_dropped_review": 1, "trees_dropped_lang": 6,
+        "trees_kept": 29}
     assert default.counts["paths_dropped_deleted"] and default.counts["paths_dropped_synthetic"]
     everything = load_source(oasst(SAMPLE_TREES, lang="en, de,es,fr,ru,it", include_spam=True,
                                    tree_state="ready_for_export,growing,ranking,aborted_low_grade"), "no-cache")
-    assert everything.counts["trees_kept"] == 32
+    assert everything.counts["trees_kept"] == 40
     assert everything.counts["trees_read"] - everything.counts["trees_kept"] == 0
     german = load_source(oasst(SAMPLE_TREES, lang="de", val_split=0.0), "no-cache")
     assert german.counts["trees_kept"] == 1 and "Berlin" in german.train[0].turns[0].text
@@ -236,7 +236,7 @@ def test_no_threads_left_names_dataset_file_and_counts(tmp_path):
     with pytest.raises(DataError) as e:
         load_source(oasst(SAMPLE_TREES, lang="xx"), "no-cache")
     message = str(e.value)
-    assert "oasst_export" in message and SAMPLE_TREES in message and "trees_dropped_lang 28" in message
+    assert "oasst_export" in message and SAMPLE_TREES in message and "trees_dropped_lang 35" in message
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_bundled_samples_load_through_the_demo_config():
     config = load_config(["--configs", "demo-data"])
     loaded = {ds.name: load_source(ds, config.cache_dir) for ds in config.datasets}
     assert {name: d.counts["train"] + d.counts["val"] for name, d in loaded.items()} == {
-        "oasst_export": 51, "alpaca": 62, "airoboros": 40}
+        "oasst_export": 73, "alpaca": 62, "airoboros": 40}
     for data in loaded.values():
         assert data.val and data.train and data.counts["bad_records_skipped"] == 0
         assert all(c.turns[-1].role == ASSISTANT for c in data.train + data.val)
