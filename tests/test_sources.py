@@ -247,7 +247,7 @@ def test_relative_path_prefers_cache_dir_then_lists_every_place(tmp_path, monkey
     cached = tmp_path / "cache" / SAMPLE_TREES
     cached.parent.mkdir(parents=True)
     cached.write_text((REPO_ROOT / SAMPLE_TREES).read_text())
-    assert resolve_input_path(SAMPLE_TREES, "cache") == Path("cache") / SAMPLE_TREES
+    assert resolve_input_path(SAMPLE_TREES, "cache") == tmp_path / "cache" / SAMPLE_TREES
     assert resolve_input_path(SAMPLE_TREES, "elsewhere") == REPO_ROOT / SAMPLE_TREES
     with pytest.raises(DataError) as e:
         resolve_input_path("missing.jsonl", "cache")

@@ -42,12 +42,13 @@ class SourceData:
 
 def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
     """A relative path is looked up in `cache_dir` first (OASST's `data_path`), then the current directory, then
-    the repository root; the error lists every place tried."""
+    the repository root; the error lists every place tried. The found path is absolute, so that cache keys and
+    sample origins do not depend on the working directory."""
     path = Path(input_file_path).expanduser()
     candidates = [path] if path.is_absolute() else [Path(cache_dir) / path, Path.cwd() / path, REPO_ROOT / path]
     for candidate in candidates:
         if candidate.is_file():
-            return candidate
+            return candidate.absolute()
     tried = "\n  ".join(str(c.resolve()) for c in dict.fromkeys(candidates))
     raise DataError(f"input_file_path '{input_file_path}' not found; tried:\n  {tried}")
 
