@@ -1,0 +1,140 @@
+"""Records from JSON Lines (plain or gzip) and JSON-array files, each with the line it starts on.
+
+Every error names `file:LINE`, so a bad record in a 100 MB export can be found and fixed. A name ending in
+`.jsonl` (or `.jsonl.gz`) is always one object per line; any other file whose first non-blank character is `[`
+is one JSON array (Stanford's `alpaca_data.json`), since `.json` is used for both layouts in the wild.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from trainer.errors import DataError
+
+# How many skipped locations a report shows; the count is always complete.
+KEPT_LOCATIONS = 5
+
+
+@dataclass
+class BadRecords:
+    """Where malformed records go: raised at once, or (with `skip`) counted and the first few kept."""
+
+    skip: bool = False
+    count: int = 0
+    first: list[str] = field(default_factory=list)
+
+    def handle(self, error: DataError) -> None:
+        if not self.skip:
+            raise error
+        self.count += 1
+        if len(self.first) < KEPT_LOCATIONS:
+            self.first.append(str(error))
+
+
+def open_text(path: Path) -> IO[str]:
+    """UTF-8 text; a name ending in `.gz` is gunzipped on the fly (OASST's `.jsonl.gz` exports)."""
+    try:
+        if path.name.endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8-sig")
+        return open(path, encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line_number, object)` for every record of a JSONL or JSON-array file.
+
+    A line that is not JSON, or JSON that is not an object, goes to `bad`. Blank lines are ignored.
+    """
+    with open_text(path) as f:
+        try:
+            line_no, first = 0, ""
+            for first in f:
+                line_no += 1
+                if first.strip():
+                    break
+            if first.lstrip().startswith("[") and not path.name.endswith((".jsonl", ".jsonl.gz")):
+                yield from _array_records(path, first + f.read(), line_no, bad)
+                return
+            if first.strip():
+                yield from _line_records(path, [(line_no, first)], bad)
+            yield from _line_records(path, enumerate(f, line_no + 1), bad)
+        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: cannot decode the file (expected UTF-8 JSON, gzip when named .gz): {e}") \
+                from None
+
+
+def _line_records(path: Path, lines, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
+    loads = json.loads
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = loads(line)
+        except json.JSONDecodeError as e:
+            column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # an error at the line's end points at its end
+            bad.handle(DataError(f"{path}:{line_no}: not valid JSON: {e.msg} (column {column})"))
+            continue
+        if not isinstance(record, dict):
+            bad.handle(DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"))
+            continue
+        yield line_no, record
+
+
+def _array_records(path: Path, text: str, first_line: int, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Elements of one JSON array, decoded one at a time so that each keeps the line it starts on."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line, counted = first_line, 0  # `line` is the line of text[counted]
+
+    def line_of(offset: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, offset)
+        counted = offset
+        return line
+
+    def skip_space(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    pos = skip_space(pos)
+    if pos < len(text) and text[pos] == "]":
+        pos += 1
+    else:
+        while True:
+            start = line_of(pos)
+            try:
+                record, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as e:
+                # Inside one array there is no way to resynchronise, so this cannot be skipped.
+                raise DataError(f"{path}:{e.lineno + first_line - 1}: not valid JSON: {e.msg} "
+                                f"(column {e.colno}); a JSON array cannot skip a broken element") from None
+            if isinstance(record, dict):
+                yield start, record
+            else:
+                bad.handle(DataError(f"{path}:{start}: expected a JSON object, got {type(record).__name__}"))
+            pos = skip_space(pos)
+            if pos < len(text) and text[pos] == ",":
+                pos = skip_space(pos + 1)
+                continue
+            if pos < len(text) and text[pos] == "]":
+                pos += 1
+                break
+            raise DataError(f"{path}:{line_of(pos)}: not valid JSON: expected ',' or ']' after an array element")
+    if skip_space(pos) != len(text):
+        raise DataError(f"{path}:{line_of(skip_space(pos))}: not valid JSON: extra data after the array")
+
+
+def string_field(record: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """`record[key]` as a string; missing (without a default) or not a string raises DataError naming the field."""
+    value = record.get(key, default)
+    if value is None:
+        raise DataError(f"{where}: missing field '{key}' (expected a string)")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__} {value!r:.60}")
+    return value
