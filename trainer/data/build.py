@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from trainer.config import DatasetConfig, TrainConfig
 from trainer.data.formats import prompt_format
-from trainer.data.sources import load_source, source_files
+from trainer.data.sources import load_source, resolve_input_path
 from trainer.data.tokenize import SegmentEncoder, encode_all
 
 CACHE_VERSION = 1  # bump when the tokenized layout or the rendering rules change
@@ -58,7 +58,8 @@ def _build_one(name, ds, config, tokenizer, fmt, encoder, use_cache) -> BuiltDat
     import datasets
 
     start = time.perf_counter()
-    key = cache_key(ds, config, tokenizer, source_files(ds, config.cache_dir))
+    files = [resolve_input_path(ds.input_file_path, config.cache_dir)] if ds.input_file_path else []
+    key = cache_key(ds, config, tokenizer, files)
     path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
     if use_cache and (path / "counts.json").is_file():
         meta = json.loads((path / "counts.json").read_text())
