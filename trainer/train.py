@@ -59,8 +59,8 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
         fp16=cuda and config.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
         bf16=cuda and config.dtype == "bf16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         logging_steps=config.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=config.eval_steps,
