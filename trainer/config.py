@@ -111,6 +111,8 @@ COMMON_DATASET_OPTIONS = frozenset(
 
 PROMPT_FORMATS = ("oasst", "airoboros", "alpaca", "plain")
 DTYPES = ("fp32", "fp16", "bf16")
+MODES = ("full", "lora", "qlora")
+QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,16 @@ class TrainConfig:
     residual_dropout: float = 0.1
     use_flash_attention: bool = False
     gradient_checkpointing: bool = False
+    # Fine-tuning mode. Where the qlora fork has a flag, the name is the same (`--lora_r 64 --mpt True`).
+    mode: str = field(default="full", metadata={"choices": MODES})  # qlora: 4-bit base + LoRA adapters
+    lora_r: int = 16  # OASST HEAD's LoRA defaults: r 16, alpha 32, dropout 0.05
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all"  # comma list of module names, or "all": every linear layer but the output head
+    quant_type: str = field(default="nf4", metadata={"choices": QUANT_TYPES})  # qlora only
+    double_quant: bool = True  # qlora only: quantize the quantization constants too
+    mpt: bool = False  # the checkpoint must be MPT; its max_seq_len grows to max_length (ALiBi)
+    trust_remote_code: bool = False  # run the checkpoint's own modelling code instead of transformers' class
 
     # Data
     datasets: tuple[DatasetConfig, ...] = ()
@@ -182,11 +194,14 @@ class TrainConfig:
         problems = []
         for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "pad_vocab_size_to_multiple_of", "eval_steps", "save_steps",
-                     "logging_steps"):
+                     "logging_steps", "lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.val_max_length is not None and self.val_max_length < 1:
             problems.append(f"val_max_length: must be at least 1, got {self.val_max_length}")
+        for name in ("residual_dropout", "lora_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

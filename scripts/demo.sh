@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The demo, end to end on this machine: set up .venv if needed, build tiny models, then run the pipeline on the
+# bundled data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+py=.venv/bin/python
+$py scripts/make_tiny_models.py
+$py -m trainer.data --configs demo-data tiny-pythia --examples 1

@@ -1,0 +1,29 @@
+"""Builds the demo's tiny models into .cache/tiny/<architecture>: random weights, real GPT-NeoX / MPT / Falcon
+architectures, and a byte-level BPE tokenizer trained on the bundled data with the real special tokens.
+A user with a hub passes a hub name as `--model_name` instead and never needs this."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainer.config import REPO_ROOT  # noqa: E402
+from trainer.tiny import ARCHITECTURES, save_tiny_model, train_tokenizer  # noqa: E402
+
+
+def main() -> None:
+    out = REPO_ROOT / ".cache" / "tiny"
+    if all((out / a / "config.json").is_file() for a in ARCHITECTURES):
+        print(f"tiny models already in {out}")
+        return
+    texts = [line for p in sorted((REPO_ROOT / "data").rglob("*")) if p.is_file()
+             for line in p.read_text(encoding="utf-8").splitlines()]
+    tokenizer = train_tokenizer(texts)
+    for architecture in ARCHITECTURES:
+        save_tiny_model(out / architecture, architecture, tokenizer)
+        print(f"{architecture}: {out / architecture} ({len(tokenizer)} tokens)")
+
+
+if __name__ == "__main__":
+    main()

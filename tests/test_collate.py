@@ -1,0 +1,230 @@
+"""Dynamic padding and packing: layouts, token counts, and packed rows giving the same per-token loss as the
+samples run one by one through real tiny GPT-NeoX, MPT and Falcon models."""
+from __future__ import annotations
+
+import doctest
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import collate
+from trainer.data.collate import IGNORE_INDEX, DataCollator, TokenCounts, packing_isolation
+from trainer.errors import ConfigError, DataError
+
+TEXTS = [
+    "What is the capital of France? Paris is the capital of France.",
+    "Name a prime number. Seven.",
+    "How do plants make food? They use sunlight, water and carbon dioxide in photosynthesis.",
+    "Say hi. Hi!",
+    "Count to five. One, two, three, four, five.",
+    "Why is the sky blue? Air scatters blue light more than red light.",
+]
+
+
+@pytest.fixture(scope="module")
+def samples(tokenizer):
+    """Tokenized texts, eos-terminated, with the first half of each masked to -100 like a prompt."""
+    out = []
+    for text in TEXTS:
+        ids = np.asarray(tokenizer(text)["input_ids"] + [tokenizer.eos_token_id], dtype=np.int32)
+        labels = ids.copy()
+        labels[: len(ids) // 2] = IGNORE_INDEX
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+@pytest.fixture(scope="module")
+def row_length(samples) -> int:
+    """A packing max_length where any two samples fit one row, whatever the tokenizer's compression."""
+    return 2 * max(len(s["input_ids"]) for s in samples)
+
+
+def test_docstring_examples_hold():
+    assert doctest.testmod(collate).failed == 0
+
+
+def test_padding_to_the_longest_with_masked_labels(samples, tokenizer):
+    batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512)(samples[:3])
+    lengths = [len(s["input_ids"]) for s in samples[:3]]
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, max(lengths))
+    assert batch["input_ids"].dtype == torch.long
+    for row, (sample, length) in enumerate(zip(samples, lengths)):
+        assert batch["input_ids"][row, :length].tolist() == sample["input_ids"].tolist()
+        assert batch["labels"][row, :length].tolist() == sample["labels"].tolist()
+        assert batch["attention_mask"][row].tolist() == [1] * length + [0] * (max(lengths) - length)
+        assert (batch["input_ids"][row, length:] == tokenizer.pad_token_id).all()
+        assert (batch["labels"][row, length:] == IGNORE_INDEX).all()
+
+
+def test_padding_rounds_up_to_the_multiple(samples, tokenizer):
+    longest = max(len(s["input_ids"]) for s in samples[:2])
+    batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512, pad_to_multiple_of=16)(samples[:2])
+    assert batch["input_ids"].shape[1] == -(-longest // 16) * 16 > longest
+    assert batch["attention_mask"].sum().item() == sum(len(s["input_ids"]) for s in samples[:2])
+
+
+def test_objects_and_lists_are_accepted_like_dicts(samples):
+    as_objects = [SimpleNamespace(input_ids=s["input_ids"].tolist(), labels=s["labels"].tolist()) for s in samples]
+    collator = DataCollator(pad_token_id=1, max_length=512)
+    for key, value in collator(as_objects).items():
+        assert torch.equal(value, collator(samples)[key])
+
+
+@pytest.mark.parametrize("sample, message", [
+    ({"input_ids": [5] * 9, "labels": [5] * 9}, "sample 1 of the batch has 9 tokens, more than max_length 8"),
+    ({"input_ids": [5, 6], "labels": [5]}, "sample 1 of the batch has 2 input_ids but 1 labels"),
+    ({"input_ids": [5, 6]}, "sample 1 of the batch has no 'labels'"),
+    ({"input_ids": [], "labels": []}, "sample 1 of the batch has no tokens"),
+])
+@pytest.mark.parametrize("packing", [False, True])
+def test_bad_samples_are_clear_errors(sample, message, packing):
+    with pytest.raises(DataError, match=message):
+        DataCollator(pad_token_id=1, max_length=8, packing=packing)([{"input_ids": [3], "labels": [3]}, sample])
+
+
+def _segments(batch: dict) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every run of position_ids counting up from 0."""
+    out = []
+    for row, positions in enumerate(batch["position_ids"].tolist()):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        out += [(row, a, b) for a, b in zip(starts, starts[1:])]
+    return out
+
+
+@pytest.mark.parametrize("pad_to_multiple_of", [None, 8])
+def test_packing_places_every_sample_once_within_max_length(samples, tokenizer, row_length, pad_to_multiple_of):
+    max_length = row_length
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=max_length, packing=True,
+                            pad_to_multiple_of=pad_to_multiple_of)
+    batch = collator(samples)
+    rows, width = batch["input_ids"].shape
+    assert rows < len(samples)
+    assert width <= max_length or width == -(-max_length // pad_to_multiple_of) * pad_to_multiple_of
+    if pad_to_multiple_of:
+        assert width % pad_to_multiple_of == 0
+    found = {}
+    for row, start, end in _segments(batch):
+        ids = tuple(batch["input_ids"][row, start:end].tolist())
+        match = [i for i, s in enumerate(samples) if tuple(s["input_ids"].tolist()) == ids]
+        if match:
+            (i,) = match
+            assert i not in found
+            found[i] = (row, start, end)
+            assert batch["labels"][row, start].item() == IGNORE_INDEX
+            assert batch["labels"][row, start + 1:end].tolist() == samples[i]["labels"][1:].tolist()
+        else:
+            assert set(ids) == {tokenizer.pad_token_id} and end == width
+            assert (batch["labels"][row, start:end] == IGNORE_INDEX).all()
+    assert sorted(found) == list(range(len(samples)))
+    real = sum(len(s["input_ids"]) for s in samples)
+    assert collator.token_counts(samples) == TokenCounts(
+        real=real, padding=rows * width - real,
+        trained=sum(int((s["labels"][1:] != IGNORE_INDEX).sum()) for s in samples))
+    assert batch["use_cache"] is False
+
+
+def test_token_counts_match_the_padded_batch(samples, tokenizer):
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512, pad_to_multiple_of=8)
+    batch, counts = collator(samples), collator.token_counts(samples)
+    assert counts.real == batch["attention_mask"].sum().item()
+    assert counts.padding == (batch["attention_mask"] == 0).sum().item()
+    assert counts.trained == (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
+    assert counts.padding_fraction == pytest.approx(counts.padding / batch["input_ids"].numel())
+    assert (counts + counts).real == 2 * counts.real
+
+
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position loss of predicting labels[t] from logits[t-1]; 0 where the label is -100."""
+    return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=IGNORE_INDEX,
+                                             reduction="none")
+
+
+def _packed_losses_by_sample(model, batch, samples) -> dict[int, torch.Tensor]:
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    out = {}
+    for row, start, end in _segments(batch):
+        ids = batch["input_ids"][row, start:end].tolist()
+        for i, s in enumerate(samples):
+            if s["input_ids"].tolist() == ids:
+                out[i] = _token_losses(logits[row, start:end], batch["labels"][row, start:end])
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return {arch: AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch)).eval()
+            for arch in ("gpt_neox", "mpt", "falcon")}
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "mpt", "falcon"])
+def test_packed_rows_give_the_per_token_loss_of_separate_samples(models, samples, tokenizer, row_length, arch):
+    model = models[arch]
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=True,
+                            isolation=packing_isolation(model.config))
+    batch = collator(samples)
+    assert batch["input_ids"].shape[0] < len(samples)
+    packed = _packed_losses_by_sample(model, batch, samples)
+    assert sorted(packed) == list(range(len(samples)))
+    all_separate = []
+    for i, s in enumerate(samples):
+        ids, labels = torch.tensor(s["input_ids"], dtype=torch.long), torch.tensor(s["labels"], dtype=torch.long)
+        with torch.no_grad():
+            separate = _token_losses(model(input_ids=ids[None]).logits[0], labels)
+        torch.testing.assert_close(packed[i], separate, atol=1e-5, rtol=1e-5)
+        all_separate.append(separate[labels[1:] != IGNORE_INDEX])
+    with torch.no_grad():
+        loss = model(**batch).loss
+    torch.testing.assert_close(loss, torch.cat(all_separate).mean(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, leak", [("gpt_neox", {"use_cache": True}), ("falcon", {"use_cache": True}),
+                                        ("mpt", {"attention_mask": None})])
+def test_without_the_isolation_the_samples_would_mix(models, samples, tokenizer, row_length, arch, leak):
+    """The control for the test above: what the collator adds is what keeps the samples apart."""
+    model = models[arch]
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=True,
+                            isolation=packing_isolation(model.config))
+    batch = {**collator(samples), **leak}
+    packed = _packed_losses_by_sample(model, batch, samples)
+    worst = 0.0
+    for i, s in enumerate(samples):
+        labels = torch.tensor(s["labels"], dtype=torch.long)
+        with torch.no_grad():
+            separate = model(input_ids=torch.tensor(s["input_ids"], dtype=torch.long)[None]).logits[0]
+        worst = max(worst, (packed[i] - _token_losses(separate, labels)).abs().max().item())
+    assert worst > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "mpt", "falcon"])
+def test_padded_batch_gives_the_per_token_loss_of_separate_samples(models, samples, tokenizer, arch):
+    model = models[arch]
+    batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512, pad_to_multiple_of=8)(samples)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        labels = torch.tensor(s["labels"], dtype=torch.long)
+        with torch.no_grad():
+            separate = model(input_ids=torch.tensor(s["input_ids"], dtype=torch.long)[None]).logits[0]
+        torch.testing.assert_close(_token_losses(logits[row, :n], labels), _token_losses(separate, labels),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_isolation_per_architecture(models):
+    assert [packing_isolation(models[a].config) for a in ("gpt_neox", "falcon", "mpt")] == \
+        ["position_ids", "position_ids", "block_mask"]
+
+
+def test_packing_is_refused_for_unverified_architectures():
+    from transformers import GPT2Config, LlamaConfig
+
+    for config in (GPT2Config(), LlamaConfig()):
+        with pytest.raises(ConfigError, match=f"packing: true is not supported for model type '{config.model_type}'"
+                                              r".*set packing: false"):
+            packing_isolation(config)

@@ -1,0 +1,156 @@
+"""Per-dataset sampling: draw sizes, per-epoch draws, rank splitting and length grouping, through a real
+DataLoader and the real collator over tokenized samples."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from torch.utils.data import ConcatDataset, DataLoader
+
+from trainer.config import DatasetConfig
+from trainer.data.collate import DataCollator, TokenCounts
+from trainer.data.sampler import PerDatasetSampler, draw_count, draw_counts
+from trainer.errors import ConfigError
+
+WORDS = "the model reads a short answer and then writes a longer one about plants rivers and stars".split()
+
+
+@pytest.fixture(scope="module")
+def datasets(tokenizer):
+    """Two datasets (40 and 25 samples) of tokenized texts from 1 to 60 words, labels on the second half."""
+    rng = random.Random(0)
+    out = []
+    for size in (40, 25):
+        samples = []
+        for _ in range(size):
+            ids = tokenizer(" ".join(rng.choices(WORDS, k=rng.randint(1, 60))))["input_ids"]
+            samples.append({"input_ids": ids, "labels": [-100] * (len(ids) // 2) + ids[len(ids) // 2:]})
+        out.append(samples)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lengths(datasets):
+    return [[len(s["input_ids"]) for s in d] for d in datasets]
+
+
+def _which_dataset(index: int, lengths) -> int:
+    return int(index >= len(lengths[0]))
+
+
+def test_draw_count_from_fraction_or_size():
+    assert draw_count(40, fraction=0.25) == 10
+    assert draw_count(40, size=7) == 7
+    assert draw_count(40, size=100) == 40
+    assert draw_count(3, fraction=0.1) == 1
+    assert draw_count(0, fraction=0.5) == 0
+    configs = [DatasetConfig(name="alpaca", fraction=0.5), DatasetConfig(name="airoboros", size=3)]
+    assert draw_counts(configs, [40, 25]) == [20, 3]
+
+
+def test_each_epoch_draws_the_configured_counts_afresh(lengths):
+    sampler = PerDatasetSampler(lengths, [10, 20], seed=5)
+    draws = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) == 30 == len(set(order))
+        assert Counter(_which_dataset(i, lengths) for i in order) == {0: 10, 1: 20}
+        draws.append(frozenset(order))
+    assert len(set(draws)) == 3
+
+
+def test_same_seed_and_epoch_give_the_same_order_and_another_seed_does_not(lengths):
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = PerDatasetSampler(lengths, [10, 20], seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(5, 2) == order(5, 2)
+    assert order(5, 2) != order(6, 2)
+    assert order(5, 2) != order(5, 3)
+
+
+def test_fixed_subset_is_kept_and_only_reshuffled(lengths):
+    sampler = PerDatasetSampler(lengths, [10, 20], seed=5, resample=False)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert len({frozenset(o) for o in orders}) == 1
+    assert orders[0] != orders[1]
+    assert Counter(_which_dataset(i, lengths) for i in orders[0]) == {0: 10, 1: 20}
+
+
+@pytest.mark.parametrize("sort_by_length", [False, True])
+@pytest.mark.parametrize("counts, world_size", [([10, 20], 3), ([10, 19], 3), ([40, 25], 4)])
+def test_ranks_get_equal_disjoint_shares_that_cover_the_draw(lengths, counts, world_size, sort_by_length):
+    total = sum(counts)
+    shares = []
+    for rank in range(world_size):
+        sampler = PerDatasetSampler(lengths, counts, seed=1, batch_size=2, rank=rank, world_size=world_size,
+                                    sort_by_length=sort_by_length)
+        sampler.set_epoch(4)
+        shares.append(list(sampler))
+        assert len(shares[-1]) == len(sampler) == -(-total // world_size)
+    everything = [i for share in shares for i in share]
+    single = PerDatasetSampler(lengths, counts, seed=1, sort_by_length=sort_by_length)
+    single.set_epoch(4)
+    assert set(everything) == set(single)
+    assert len(set(everything)) == total
+    assert len(everything) - total == (-total) % world_size  # only the padding to equal shares repeats
+
+
+def test_sampler_drives_a_dataloader_with_the_collator(datasets, lengths, tokenizer):
+    sampler = PerDatasetSampler(lengths, [40, 25], seed=0, batch_size=4, rank=1, world_size=2)
+    loader = DataLoader(ConcatDataset(datasets), batch_size=4, sampler=sampler,
+                        collate_fn=DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=1024))
+    batches = list(loader)
+    assert len(batches) == len(loader) == -(-33 // 4)
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(sampler) == 33
+
+
+def _padding(datasets, lengths, sort_by_length: bool, rank: int, tokenizer) -> TokenCounts:
+    samples = [s for d in datasets for s in d]
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=1024)
+    sampler = PerDatasetSampler(lengths, [40, 25], seed=3, batch_size=4, rank=rank, world_size=2,
+                                sort_by_length=sort_by_length)
+    total = TokenCounts(0, 0, 0)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for start in range(0, len(order), 4):
+            total += collator.token_counts([samples[i] for i in order[start:start + 4]])
+    return total
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sort_by_length_cuts_padding_on_every_rank(datasets, lengths, tokenizer, rank):
+    shuffled = _padding(datasets, lengths, False, rank, tokenizer)
+    grouped = _padding(datasets, lengths, True, rank, tokenizer)
+    assert grouped.padding_fraction < shuffled.padding_fraction / 2
+
+
+def test_sort_by_length_still_reshuffles_each_epoch(lengths):
+    sampler = PerDatasetSampler(lengths, [40, 25], seed=3, batch_size=4, sort_by_length=True)
+    orders = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert set(orders[0]) == set(orders[1]) and orders[0] != orders[1]
+    flat = [n for d in lengths for n in d]
+    spreads = [np.ptp([flat[i] for i in orders[0][s:s + 4]]) for s in range(0, 64, 4)]
+    assert max(spreads) < np.ptp(flat) / 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"counts": [10]}, "2 datasets but 1 draw counts"),
+    ({"counts": [41, 1]}, "dataset 0 has 40 samples, cannot draw 41"),
+    ({"counts": [1, 1], "rank": 2, "world_size": 2}, "rank 2 is outside world_size 2"),
+    ({"counts": [1, 1], "batch_size": 0}, "batch_size must be at least 1"),
+])
+def test_bad_arguments_are_clear_errors(lengths, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PerDatasetSampler(lengths, seed=0, **kwargs)

@@ -1,0 +1,49 @@
+"""`python -m trainer.data --configs ... [--key value] [--examples N] [--dump FILE] [--no_cache]`
+
+Builds (or loads from cache) every dataset of the config, prints the data report, writes it as JSON with the
+resolved config into `output_dir`, and optionally dumps every processed sample as JSONL.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from trainer.config import resolve, split_argv, write_resolved
+from trainer.errors import DelphiError
+
+OPTIONS = {"examples": True, "dump": True, "no_cache": False}
+
+
+def main(argv: list[str]) -> int:
+    import datasets
+
+    from trainer.data.build import build_datasets
+    from trainer.data.report import dataset_figures, format_report, write_dump
+    from trainer.tokens import load_tokenizer
+
+    datasets.disable_progress_bars()
+    args = split_argv(argv, OPTIONS)
+    config = resolve(args)
+    if not config.datasets:
+        raise DelphiError("the config names no datasets: add a section with a `datasets:` list to --configs")
+    tokenizer = load_tokenizer(config.effective_tokenizer_name)
+    built = build_datasets(config, tokenizer, use_cache=not args.extra.get("no_cache", False))
+    figures = [dataset_figures(b, config) for b in built]
+    print(format_report(built, figures, tokenizer, int(args.extra.get("examples", 2))))
+    out = Path(config.output_dir)
+    write_resolved(config, out)
+    (out / "data_report.json").write_text(json.dumps(dict(zip((b.name for b in built), figures)), indent=1))
+    print(f"report and resolved config written to {out}/")
+    if "dump" in args.extra:
+        n = write_dump(args.extra["dump"], built, tokenizer)
+        print(f"{n:,} samples dumped to {args.extra['dump']}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except DelphiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,131 @@
+"""From a TrainConfig to tokenized train/val datasets, one per `datasets:` entry, cached on disk.
+
+The cache key covers everything that changes the tokens: the entry's options, the prompt format and its
+settings, max lengths, label masking, the tokenizer itself and the content of every file read. A second run with
+the same key memory-maps the saved Arrow files instead of reading and tokenizing again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from trainer.config import DatasetConfig, TrainConfig
+from trainer.data.formats import prompt_format
+from trainer.data.sources import load_source, source_files
+from trainer.data.tokenize import SegmentEncoder, encode_all
+
+CACHE_VERSION = 1  # bump when the tokenized layout or the rendering rules change
+COLUMNS = ("input_ids", "labels")
+
+
+@dataclass
+class BuiltDataset:
+    name: str  # unique per entry: "alpaca", or "alpaca#2" for a second alpaca entry
+    config: DatasetConfig
+    train: "datasets.Dataset"  # columns input_ids, labels (int32 lists), length, trained
+    val: "datasets.Dataset"
+    counts: dict[str, int]  # per filter and per encoding step, in order
+    cache_path: Path | None = None
+    from_cache: bool = False
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # locations of skipped bad lines
+
+
+def entry_names(config: TrainConfig) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for ds in config.datasets:
+        seen[ds.name] = seen.get(ds.name, 0) + 1
+        names.append(ds.name if seen[ds.name] == 1 else f"{ds.name}#{seen[ds.name]}")
+    return names
+
+
+def build_datasets(config: TrainConfig, tokenizer, use_cache: bool = True) -> list[BuiltDataset]:
+    fmt = prompt_format(config, tokenizer)
+    encoder = SegmentEncoder(tokenizer)
+    return [_build_one(name, ds, config, tokenizer, fmt, encoder, use_cache)
+            for name, ds in zip(entry_names(config), config.datasets)]
+
+
+def _build_one(name, ds, config, tokenizer, fmt, encoder, use_cache) -> BuiltDataset:
+    import datasets
+
+    start = time.perf_counter()
+    key = cache_key(ds, config, tokenizer, source_files(ds, config.cache_dir))
+    path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
+    if use_cache and (path / "counts.json").is_file():
+        meta = json.loads((path / "counts.json").read_text())
+        splits = datasets.DatasetDict.load_from_disk(str(path))
+        return BuiltDataset(name, ds, splits["train"], splits["validation"], meta["counts"], path, True,
+                            time.perf_counter() - start, meta["skipped"])
+
+    source = load_source(ds, config.cache_dir)
+    counts = dict(source.counts)
+    splits = {}
+    for split, convs, max_length in (("train", source.train, config.max_length),
+                                     ("validation", source.val, config.val_max_length or config.max_length)):
+        samples, stats = encode_all(convs, fmt, encoder, max_length, config.label_masking)
+        for k, v in stats.as_counts().items():
+            counts[f"{split}_{k}"] = v
+        splits[split] = _to_dataset(samples)
+    built = datasets.DatasetDict(splits)
+    if use_cache:
+        _save_atomically(built, path, {"counts": counts, "skipped": source.skipped, "key": key})
+    return BuiltDataset(name, ds, built["train"], built["validation"], counts, path if use_cache else None, False,
+                        time.perf_counter() - start, source.skipped)
+
+
+def cache_key(ds: DatasetConfig, config: TrainConfig, tokenizer, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    settings = {
+        "version": CACHE_VERSION,
+        "dataset": ds.option_items(),
+        "prompt_format": config.prompt_format,
+        "system": config.system_prefix if config.use_system_prefix else None,
+        "plain_names": (config.plain_user_name, config.plain_bot_name),
+        "max_length": config.max_length,
+        "val_max_length": config.val_max_length,
+        "label_masking": config.label_masking,
+        "tokenizer": tokenizer.backend_tokenizer.to_str(),
+        "specials": [tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token],
+    }
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        h.update(str(path).encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _to_dataset(samples) -> "datasets.Dataset":
+    """Columnar build straight from numpy: no per-token Python objects, whatever the dataset's size."""
+    import datasets
+
+    lengths = np.fromiter((len(s.input_ids) for s in samples), dtype=np.int64, count=len(samples))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int64())
+    columns = {}
+    for column in COLUMNS:
+        flat = np.concatenate([getattr(s, column) for s in samples]) if samples else np.zeros(0, np.int32)
+        columns[column] = pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(np.int32, copy=False)))
+    columns["length"] = pa.array(lengths.astype(np.int32))
+    columns["trained"] = pa.array(np.fromiter(((s.labels != -100).sum() for s in samples), dtype=np.int32,
+                                              count=len(samples)))
+    return datasets.Dataset(datasets.table.InMemoryTable(pa.table(columns)))
+
+
+def _save_atomically(built, path: Path, meta: dict) -> None:
+    """Write next to the target and rename, so a killed run never leaves a half-written cache behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    built.save_to_disk(str(tmp))
+    (tmp / "counts.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)

@@ -1,0 +1,194 @@
+"""Token samples -> model batches: dynamic padding, or packing several samples into one row without letting
+them see each other.
+
+Packing isolation differs by architecture (checked on transformers 5.24, see tests/test_collate.py):
+- GPT-NeoX and Falcon build their attention mask with `create_causal_mask`, which splits a row into separate
+  causal blocks wherever `position_ids` restart, but only when the batch has no 2D attention mask and the
+  model keeps no cache. Packed batches for them therefore carry `position_ids`, no `attention_mask`, and
+  `use_cache=False` (a cache is built even in training otherwise, and the samples then silently mix).
+- MPT's ALiBi ignores `position_ids` and its mask never looks at them, so it gets a 4D additive
+  block-diagonal mask instead (0 = attend, float32 min = blocked). MPT turns any mask into "True = blocked"
+  with `.to(bool)`, so it must be this float form: a boolean "True = attend" mask would be read inverted.
+- Any other architecture is refused by `packing_isolation` until it has been checked the same way.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from trainer.errors import ConfigError, DataError
+
+IGNORE_INDEX = -100
+
+Isolation = Literal["position_ids", "block_mask"]
+PACKING_ISOLATION: dict[str, Isolation] = {"gpt_neox": "position_ids", "falcon": "position_ids", "mpt": "block_mask"}
+
+
+def packing_isolation(config) -> Isolation:
+    """How packed samples are kept apart for this model config; ConfigError where that was never verified."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PACKING_ISOLATION:
+        raise ConfigError(f"packing: true is not supported for model type {model_type!r}: samples sharing a row "
+                          f"are only verified to stay isolated for {sorted(PACKING_ISOLATION)}; "
+                          f"set packing: false")
+    return PACKING_ISOLATION[model_type]
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Per-batch token accounting for the data report. `trained` counts the labels the loss really uses
+    (each sample's first label is never a target, since a causal LM predicts token t+1 from tokens <= t)."""
+
+    real: int
+    padding: int
+    trained: int
+
+    @property
+    def padding_fraction(self) -> float:
+        total = self.real + self.padding
+        return self.padding / total if total else 0.0
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(self.real + other.real, self.padding + other.padding, self.trained + other.trained)
+
+
+@dataclass(frozen=True)
+class DataCollator:
+    """Pads a list of samples (mappings or objects with `input_ids` and `labels`) to the longest in the batch,
+    optionally rounded up to `pad_to_multiple_of`; labels are -100 on padding.
+
+    >>> collate = DataCollator(pad_token_id=1, max_length=8, pad_to_multiple_of=4)
+    >>> batch = collate([{"input_ids": [7, 8, 9], "labels": [-100, 8, 9]}])
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
+    ([[7, 8, 9, 1]], [[1, 1, 1, 0]], [[-100, 8, 9, -100]])
+
+    With `packing`, samples are placed first-fit (longest first) into rows of at most `max_length` tokens, and
+    `isolation` (from `packing_isolation(model.config)`) says how the model is told where each one starts.
+    Every packed sample's first label becomes -100: the loss shifts labels by one, so it would otherwise train
+    the previous sample's last token to predict this sample's first.
+
+    >>> packed = DataCollator(pad_token_id=1, max_length=5, packing=True)
+    >>> batch = packed([{"input_ids": [7, 8, 9], "labels": [7, 8, 9]}, {"input_ids": [5, 6], "labels": [5, 6]},
+    ...                 {"input_ids": [4, 3], "labels": [-100, 3]}])
+    >>> batch["input_ids"].tolist()
+    [[7, 8, 9, 5, 6], [4, 3, 1, 1, 1]]
+    >>> batch["position_ids"].tolist()
+    [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
+    >>> batch["labels"].tolist()
+    [[-100, 8, 9, -100, 6], [-100, 3, -100, -100, -100]]
+    """
+
+    pad_token_id: int
+    max_length: int
+    pad_to_multiple_of: int | None = None
+    packing: bool = False
+    isolation: Isolation = "position_ids"
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
+        rows = self._rows([len(ids) for ids, _ in pairs])
+        width = self._width(rows, pairs)
+        if not self.packing:
+            return self._padded(pairs, width)
+        return self._packed(pairs, rows, width)
+
+    def token_counts(self, samples: Sequence[Any]) -> TokenCounts:
+        """What `self(samples)` would hold, without building tensors."""
+        pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
+        rows = self._rows([len(ids) for ids, _ in pairs])
+        real = sum(len(ids) for ids, _ in pairs)
+        trained = sum(int(np.count_nonzero(labels[1:] != IGNORE_INDEX)) for _, labels in pairs)
+        return TokenCounts(real=real, padding=len(rows) * self._width(rows, pairs) - real, trained=trained)
+
+    def _rows(self, lengths: list[int]) -> list[list[int]]:
+        """Sample indices per row: one each, or first-fit decreasing into rows of `max_length`."""
+        for i, length in enumerate(lengths):
+            if length > self.max_length:
+                raise DataError(f"sample {i} of the batch has {length} tokens, more than max_length "
+                                f"{self.max_length}: samples must be truncated before collation")
+        if not self.packing:
+            return [[i] for i in range(len(lengths))]
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+            if row is None:
+                rows.append([])
+                room.append(self.max_length)
+                row = len(rows) - 1
+            rows[row].append(i)
+            room[row] -= lengths[i]
+        return rows
+
+    def _width(self, rows: list[list[int]], pairs: list[tuple[np.ndarray, np.ndarray]]) -> int:
+        width = max((sum(len(pairs[i][0]) for i in row) for row in rows), default=0)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+    def _padded(self, pairs: list[tuple[np.ndarray, np.ndarray]], width: int) -> dict[str, Any]:
+        input_ids = torch.full((len(pairs), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (ids, sample_labels) in enumerate(pairs):
+            input_ids[row, :len(ids)] = torch.from_numpy(ids)
+            labels[row, :len(ids)] = torch.from_numpy(sample_labels)
+            attention_mask[row, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _packed(self, pairs: list[tuple[np.ndarray, np.ndarray]], rows: list[list[int]], width: int
+                ) -> dict[str, Any]:
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        segments = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, members in enumerate(rows):
+            start = 0
+            for segment, i in enumerate(members):
+                ids, sample_labels = pairs[i]
+                end = start + len(ids)
+                input_ids[row, start:end] = torch.from_numpy(ids)
+                labels[row, start:end] = torch.from_numpy(sample_labels)
+                labels[row, start] = IGNORE_INDEX
+                position_ids[row, start:end] = torch.arange(len(ids))
+                segments[row, start:end] = segment
+                start = end
+            # The padding tail is a segment of its own, so it neither sees nor is seen by a real sample.
+            position_ids[row, start:] = torch.arange(width - start)
+            segments[row, start:] = len(members)
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        if self.isolation == "position_ids":
+            batch["use_cache"] = False
+        else:
+            batch["attention_mask"] = _block_diagonal_mask(segments)
+        return batch
+
+
+def _block_diagonal_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(rows, 1, width, width) additive mask: a token sees the earlier tokens of its own segment only."""
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = (segments[:, :, None] == segments[:, None, :]) & causal
+    blocked = torch.full(allowed.shape, torch.finfo(torch.float32).min)
+    return torch.where(allowed, 0.0, blocked)[:, None]
+
+
+def _ids_and_labels(sample: Any, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def field(name: str) -> np.ndarray:
+        value = sample.get(name) if isinstance(sample, Mapping) else getattr(sample, name, None)
+        if value is None:
+            raise DataError(f"sample {position} of the batch has no '{name}'")
+        return np.asarray(value, dtype=np.int64).reshape(-1)
+
+    ids, labels = field("input_ids"), field("labels")
+    if len(ids) != len(labels):
+        raise DataError(f"sample {position} of the batch has {len(ids)} input_ids but {len(labels)} labels; "
+                        f"expected one label per token")
+    if len(ids) == 0:
+        raise DataError(f"sample {position} of the batch has no tokens")
+    return ids, labels

@@ -1,0 +1,98 @@
+"""The data report: what a user checks before spending GPU hours on a config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.data.build import BuiltDataset
+
+PERCENTILES = (50, 90, 95, 99, 100)
+TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
+
+
+def dataset_figures(built: BuiltDataset, config: TrainConfig) -> dict:
+    """Counts after each step, token-length percentiles, truncation, padding and trained-token shares."""
+    train = built.train
+    lengths = np.asarray(train["length"], dtype=np.int64)
+    trained = np.asarray(train["trained"], dtype=np.int64)
+    n = len(lengths)
+    counts = built.counts
+    return {
+        "counts": counts,
+        "train_samples": n,
+        "val_samples": len(built.val),
+        "length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) if n else 0 for p in PERCENTILES},
+        "truncated_fraction": counts.get("train_truncated", 0) / max(n, 1),
+        "padding_fraction": padding_fraction(lengths, config.per_device_train_batch_size),
+        "tokens": int(lengths.sum()),
+        "trained_tokens": int(trained.sum()),
+        "trained_share": float(trained.sum() / max(lengths.sum(), 1)),
+        "from_cache": built.from_cache,
+        "seconds": round(built.seconds, 3),
+        "skipped_lines": built.skipped[:20],
+    }
+
+
+def padding_fraction(lengths_in_batch_order: np.ndarray, batch_size: int) -> float:
+    """Share of the tokens in dynamically padded batches that are padding."""
+    n = len(lengths_in_batch_order)
+    if n == 0:
+        return 0.0
+    padded = 0
+    for start in range(0, n, batch_size):
+        chunk = lengths_in_batch_order[start:start + batch_size]
+        padded += int(chunk.max()) * len(chunk)
+    return 1.0 - float(lengths_in_batch_order.sum()) / padded
+
+
+def render_marked(tokenizer, input_ids, labels) -> str:
+    """The sample's text with every trained span between ⟦ and ⟧."""
+    ids = np.asarray(input_ids)
+    trained = np.asarray(labels) != -100
+    pieces, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or trained[i] != trained[start]:
+            text = tokenizer.decode(ids[start:i].tolist(), skip_special_tokens=False)
+            pieces.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained[start] else text)
+            start = i
+    return "".join(pieces)
+
+
+def format_report(built: list[BuiltDataset], figures: list[dict], tokenizer, examples: int) -> str:
+    lines = []
+    for b, f in zip(built, figures):
+        source = "cache" if f["from_cache"] else "built"
+        lines.append(f"== {b.name} ({source} in {f['seconds']:.2f} s"
+                     f"{', ' + str(b.cache_path) if b.cache_path else ''})")
+        for key, value in f["counts"].items():
+            lines.append(f"  {key:<40} {value:>10,}")
+        pct = "  ".join(f"{k}={v}" for k, v in f["length_percentiles"].items())
+        lines.append(f"  train tokens per sample: {pct}")
+        lines.append(f"  truncated {f['truncated_fraction']:.1%}  padding {f['padding_fraction']:.1%}  "
+                     f"trained-token share {f['trained_share']:.1%} ({f['trained_tokens']:,} of {f['tokens']:,})")
+        if f["skipped_lines"]:
+            lines.append(f"  skipped bad lines: {', '.join(f['skipped_lines'])}")
+        for i in range(min(examples, len(b.train))):
+            row = b.train[i]
+            lines.append(f"  -- example {i} ({row['length']} tokens, {row['trained']} trained "
+                         f"{TRAINED_OPEN}like this{TRAINED_CLOSE}):")
+            lines.append("     " + render_marked(tokenizer, row["input_ids"], row["labels"]).replace("\n", "\n     "))
+    return "\n".join(lines)
+
+
+def write_dump(path: Path | str, built: list[BuiltDataset], tokenizer) -> int:
+    """Every processed sample as one JSON line, for auditing what the model will be trained on."""
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for b in built:
+            for split, data in (("train", b.train), ("validation", b.val)):
+                for row in data:
+                    f.write(json.dumps({
+                        "dataset": b.name, "split": split,
+                        "text": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
+                        "input_ids": row["input_ids"], "labels": row["labels"]}, ensure_ascii=False) + "\n")
+                    written += 1
+    return written

@@ -1,0 +1,34 @@
+"""LoRA adapters through peft's public API, on a full-precision or a 4-bit base."""
+from __future__ import annotations
+
+import torch
+
+from trainer.config import TrainConfig
+
+
+def linear_module_names(model) -> frozenset[str]:
+    """The last name component of every linear layer except the output head: what `lora_target_modules` names."""
+    head = model.get_output_embeddings()
+    return frozenset(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and module is not head)
+
+
+def lora_config(config: TrainConfig):
+    """`all` is peft's "all-linear": every linear layer (4-bit ones included) except the output head."""
+    from peft import LoraConfig
+
+    targets = "all-linear" if config.lora_target_modules == "all" else \
+        [t.strip() for t in config.lora_target_modules.split(",") if t.strip()]
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def add_adapters(model, config: TrainConfig):
+    """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms, input
+    gradients, checkpointing if asked) by peft's prepare_model_for_kbit_training."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if config.mode == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, lora_config(config))
