@@ -32,8 +32,10 @@ def resolve_path(path: str) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
-def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments:
-    """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers."""
+def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch") -> TrainingArguments:
+    """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
+
+    Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
     cuda = torch.cuda.is_available()
     deepspeed = None
     if config.deepspeed:
@@ -54,13 +56,12 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type,
         max_grad_norm=config.max_grad_norm,
+        optim=optim,  # replaced by the JSON's optimizer under DeepSpeed
         seed=config.rng_seed,
         deepspeed=str(deepspeed) if deepspeed else None,
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
         fp16=cuda and config.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
         bf16=cuda and config.dtype == "bf16",
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         logging_steps=config.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=config.eval_steps,
@@ -141,11 +142,11 @@ def resume_point(config: TrainConfig) -> str | None:
 
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
-          callbacks: Sequence = ()) -> TrainResult:
+          callbacks: Sequence = (), optim: str = "adamw_torch") -> TrainResult:
     """Train `model` on the concatenated train splits; evaluate each validation split by name."""
     output_dir = Path(config.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
-    args = training_arguments(config, has_eval=bool(evals))
+    args = training_arguments(config, has_eval=bool(evals), optim=optim)
     run_log = RunLog.start(config, output_dir) if args.process_index == 0 else RunLog(output_dir / "metrics.jsonl")
     trainer = DelphiTrainer(
         model=model, args=args, processing_class=tokenizer, data_collator=collator,
