@@ -179,6 +179,17 @@ class TrainConfig:
     log_wandb: bool = True
     verbose: bool = False
 
+    # Training run (trainer/train.py)
+    lr_scheduler_type: str = field(default="linear", metadata={"choices": ("linear", "cosine")})  # without
+    # DeepSpeed; under DeepSpeed the JSON's scheduler (WarmupDecayLR in configs/zero2.json) is used
+    resume_from_checkpoint: str | None = None  # a checkpoint directory; unset: the newest one in output_dir, if any
+    report_to: str = field(default="wandb", metadata={"choices": ("wandb", "none")})  # and log_wandb must be true
+    wandb_project: str = "delphi"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: str | None = None  # comma list
+
     def __post_init__(self) -> None:
         problems = []
         for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",

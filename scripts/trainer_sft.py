@@ -1,0 +1,58 @@
+"""Supervised fine-tuning from the command line.
+
+    deepspeed --num_gpus 2 trainer_sft.py --configs defaults demo-data tiny-pythia --deepspeed
+    torchrun --nproc_per_node 2 trainer_sft.py --configs defaults demo-data tiny-pythia
+    python trainer_sft.py --configs defaults demo-data tiny-pythia --num_train_epochs=1
+
+Parse the config, load tokenizer and model, build the data, train. Bad input prints one message, exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+
+from trainer.config import TrainConfig, resolve, split_argv
+from trainer.errors import DelphiError
+
+
+def sampler_factory(config: TrainConfig, built):
+    """Per-dataset draws: fixed once (OASST without `use_custom_sampler`) or redrawn every epoch (with it)."""
+    from trainer.data.sampler import PerDatasetSampler, draw_counts
+
+    lengths = [b.train["length"] for b in built]
+    counts = draw_counts(config.datasets, [len(x) for x in lengths])
+    return lambda _data, world_size, rank: PerDatasetSampler(
+        lengths, counts, seed=config.rng_seed, batch_size=config.per_device_train_batch_size, rank=rank,
+        world_size=world_size, resample=config.use_custom_sampler, sort_by_length=config.sort_by_length)
+
+
+def run(argv: list[str]) -> None:
+    # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+    config = resolve(split_argv(argv, extra_options={"local_rank": True}))
+    from trainer.data.build import build_datasets
+    from trainer.data.collate import DataCollator, packing_isolation
+    from trainer.data.report import dataset_figures
+    from trainer.models import load_model
+    from trainer.tokens import load_tokenizer
+    from trainer.train import train
+
+    tokenizer = load_tokenizer(config.effective_tokenizer_name, config.max_length)
+    loaded = load_model(config, tokenizer)
+    built = build_datasets(config, tokenizer)
+    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=8, packing=config.packing,
+                            isolation=packing_isolation(loaded.model.config))
+    report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config).items()}
+    train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
+          collator, sampler_factory(config, built), data_report=report, optim=loaded.optimizer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except DelphiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

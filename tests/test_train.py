@@ -1,0 +1,198 @@
+"""Training: real tiny GPT-NeoX, real HF Trainer path, on CPU."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from train_samples import PadCollator, qa_samples
+from trainer.config import TrainConfig
+from trainer.delphi_trainer import distributed_sampler
+from trainer.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(tmp_path: Path, model_dir: Path, **overrides) -> TrainConfig:
+    base = dict(model_name=str(model_dir), dtype="fp32", output_dir=str(tmp_path / "out"), learning_rate=1e-3,
+                num_train_epochs=1, per_device_train_batch_size=2, per_device_eval_batch_size=4,
+                gradient_accumulation_steps=1, warmup_steps=0, max_grad_norm=1.0, logging_steps=1,
+                eval_steps=1000, save_steps=1000, report_to="none", max_length=64)
+    return TrainConfig(**(base | overrides))
+
+
+def run(config, tokenizer, train_sets, val_sets=None, shuffle=True, callbacks=(), data_report=None):
+    model = AutoModelForCausalLM.from_pretrained(config.model_name)
+    return train(config, model, tokenizer, train_sets, val_sets or {}, PadCollator(tokenizer.pad_token_id),
+                 distributed_sampler(config.rng_seed, shuffle=shuffle), data_report=data_report,
+                 callbacks=callbacks)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_overfit_run_logs_evaluates_saves_and_writes_offline_wandb(tokenizer, tiny_model_dir, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    (tmp_path / "wandb").mkdir()
+    samples = qa_samples(tokenizer, 4)
+    config = tiny_config(tmp_path, tiny_model_dir("gpt_neox"), learning_rate=1e-2, num_train_epochs=12,
+                         per_device_train_batch_size=4, eval_steps=6, report_to="wandb", log_wandb=True,
+                         wandb_project="delphi-test", wandb_run_name="overfit", wandb_tags="tiny,cpu")
+    result = run(config, tokenizer, {"toy": samples}, {"toy": samples[:2], "other": samples[2:]},
+                 data_report={"toy/train_samples": 4})
+
+    assert result.global_step == 12
+    rows = read_jsonl(result.metrics_path)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 12 and losses[-1] < 0.5 * losses[0]
+    evals = [r for r in rows if "eval_toy_loss" in r]
+    assert [r["step"] for r in evals] == [r["step"] for r in rows if "eval_other_loss" in r] == [6, 12]
+    assert evals[-1]["eval_toy_loss"] < evals[0]["eval_toy_loss"]
+    trained = sum(len([x for x in s["labels"][1:] if x != -100]) for s in samples)
+    last = [r for r in rows if "loss" in r][-1]
+    assert last["trained_tokens"] == 12 * trained and 0 < last["padding_fraction"] < 1
+    assert last["trained_tokens_per_second"] > 0 and last["peak_memory_gib"] > 0
+
+    out = Path(config.output_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "resolved_config.yaml"):
+        assert (out / name).is_file(), name
+    assert "wandb_run_name: overfit" in (out / "resolved_config.yaml").read_text()
+    run_files = list((tmp_path / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    blob = run_files[0].read_bytes()
+    for key in (b"eval_toy_loss", b"trained_tokens_per_second", b"data/toy/train_samples", b"overfit"):
+        assert key in blob, key
+    assert {"step": None, "plan/steps_per_epoch": 1, "plan/total_steps": 12, "data/toy/train_samples": 4} in rows
+
+
+def test_scoring_only_trained_positions_gives_the_full_logit_loss_with_and_without_lora(tokenizer, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.loss import summed_token_loss
+
+    batch = PadCollator(tokenizer.pad_token_id)(qa_samples(tokenizer, 3))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"))
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox")),
+                          LoraConfig(r=4, target_modules=["query_key_value", "dense_4h_to_h"], task_type="CAUSAL_LM"))
+    for m in (model, lora):
+        loss_sum, count, outputs = summed_token_loss(m, m.get_output_embeddings(), batch)
+        assert outputs.logits.shape == (int(count), m.get_output_embeddings().out_features)
+        reference = m(**batch).loss  # transformers' own shifted mean over all trained tokens, full logits
+        torch.testing.assert_close(loss_sum / count, reference)
+        (loss_sum / count).backward()
+    assert all((p.grad is not None) == p.requires_grad for p in lora.parameters())
+    assert lora.get_output_embeddings().weight.grad is None
+
+
+class GradientCapture(TrainerCallback):
+    """The accumulated gradients just before each optimizer step (max_grad_norm 0: no clipping)."""
+
+    def __init__(self):
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def test_loss_is_weighted_by_trained_tokens_across_accumulation(tokenizer, tiny_model_dir, tmp_path):
+    samples = qa_samples(tokenizer, 4)  # answers of 2 to 14 trained tokens
+    model_dir = tiny_model_dir("gpt_neox")
+    grads = {}
+    for batch, accum in ((4, 1), (2, 2)):
+        capture = GradientCapture()
+        config = tiny_config(tmp_path / f"{batch}x{accum}", model_dir, per_device_train_batch_size=batch,
+                             gradient_accumulation_steps=accum, max_grad_norm=0.0)
+        result = run(config, tokenizer, {"toy": samples}, shuffle=False, callbacks=[capture])
+        assert result.global_step == 1 and len(capture.grads) == 1
+        grads[batch, accum] = capture.grads[0]
+
+    # The definition: the sum of per-token losses over all 4 samples, divided once by their trained tokens.
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    total, count = 0.0, 0
+    for s in samples:
+        logits = model(torch.tensor([s["input_ids"]])).logits[0, :-1]
+        targets = torch.tensor(s["labels"][1:])
+        total = total + torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        count += int((targets != -100).sum())
+    (total / count).backward()
+    expected = {n: p.grad for n, p in model.named_parameters()}
+
+    assert grads[4, 1].keys() == grads[2, 2].keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[4, 1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[2, 2][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, tiny_model_dir, tmp_path):
+    samples = qa_samples(tokenizer, 12)
+    model_dir = tiny_model_dir("gpt_neox")
+    # 12 samples / batch 2 = 6 batches / accum 2 = 3 steps per epoch; 2 epochs = 6 steps; checkpoint-4 is mid epoch 2
+    settings = dict(num_train_epochs=2, gradient_accumulation_steps=2, save_steps=2, save_total_limit=5,
+                    lr_scheduler_type="cosine", warmup_steps=1)
+    full = run(tiny_config(tmp_path / "full", model_dir, **settings), tokenizer, {"toy": samples})
+    assert full.global_step == 6
+    assert [p.name for p in full.checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+    resumed_dir = tmp_path / "resumed" / "out"
+    shutil.copytree(full.output_dir / "checkpoint-4", resumed_dir / "checkpoint-4")  # found automatically
+    resumed = run(tiny_config(tmp_path / "resumed", model_dir, **settings), tokenizer, {"toy": samples})
+    assert resumed.global_step == 6
+    steps = [r["step"] for r in read_jsonl(resumed.metrics_path) if "loss" in r]
+    assert steps == [5, 6]
+
+    a = AutoModelForCausalLM.from_pretrained(full.output_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed.output_dir).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-7, msg=name)
+    lrs = [[r["learning_rate"] for r in read_jsonl(x.metrics_path) if "loss" in r][-1] for x in (full, resumed)]
+    assert lrs[0] == lrs[1]
+
+
+def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(tokenizer, tiny_model_dir, tmp_path):
+    """One torchrun with 2 CPU ranks (gloo), DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe."""
+    ds_config = json.loads((REPO / "configs" / "zero2.json").read_text())
+    ds_config["optimizer"]["params"]["torch_adam"] = True  # avoids JIT-compiling DeepSpeed's fused Adam
+    (tmp_path / "zero2.json").write_text(json.dumps(ds_config))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
+           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+         str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 10 samples over 2 ranks = 5 each; batch 1, accum 2 -> 3 optimizer steps per epoch; 2 epochs = 6 steps.
+    for r in ranks:
+        assert r["deepspeed"] and r["world_size"] == 2 and r["optimizer"] == "DeepSpeedZeroOptimizer"
+        assert r["global_step"] == 6 and r["scheduler_steps"] == 6 and r["scheduler"] == "WarmupDecayLR"
+    total = ranks[0]["parameters"]
+    assert ranks[0]["partition"] + ranks[1]["partition"] >= total
+    assert all(abs(r["partition"] - total / 2) <= 16 for r in ranks)
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    states = sorted(p.name for p in checkpoint.rglob("*optim_states.pt"))
+    assert states == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert "tokens per optimizer step: up to 128 = 1 seq × 2 accum × 32 max_length × 2 ranks" in proc.stdout
+    rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_entry_point_prints_config_errors_without_traceback(capsys):
+    sys.path.insert(0, str(REPO))
+    from scripts.trainer_sft import main
+
+    assert main(["--configs", "defaults", "--learning_rat", "1e-4", "--local_rank=0"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rat' (did you mean 'learning_rate'?)" in err and "Traceback" not in err

@@ -1,0 +1,143 @@
+"""The HF Trainer with Delphi's loss, its rank-aware sampler and honest token accounting.
+
+What is kept from `transformers.Trainer`: the loop, gradient accumulation, DeepSpeed and DDP, checkpoints and
+resume, per-dataset evaluation (`eval_<name>_loss`). What changes:
+- `compute_loss`: cross-entropy summed over trained tokens and divided once by the trained-token count of the
+  whole optimizer step across accumulation and ranks (`num_items_in_batch`), scoring only trained positions.
+- `get_train_dataloader`: the sampler comes from a factory and is already split across ranks, so accelerate's
+  sharding wrapper is made a pass-through (as transformers does for its own rank-aware `BatchRebalanceSampler`).
+- `log`: adds trained tokens, trained tokens/s, padding fraction and peak memory to every training log.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import ConcatDataset, DistributedSampler, Sampler
+from transformers import Trainer, TrainerCallback
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+from trainer.loss import summed_token_loss
+
+# (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
+SamplerFactory = Callable[[ConcatDataset, int, int], Sampler]
+
+
+def distributed_sampler(seed: int, shuffle: bool = True) -> SamplerFactory:
+    """The default: every sample once per epoch, reshuffled per epoch, split evenly across ranks."""
+    return lambda data, replicas, rank: DistributedSampler(data, replicas, rank, shuffle=shuffle, seed=seed)
+
+
+@dataclass
+class TokenCounts:
+    """Tokens this process has put through training since start (or resume)."""
+
+    trained: int = 0  # label != -100 after the shift: what the loss is computed on
+    real: int = 0  # attention_mask == 1
+    processed: int = 0  # every position of every row, padding included
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, inputs: dict[str, torch.Tensor]) -> None:
+        labels = inputs["labels"]
+        self.trained += int((labels[:, 1:] != -100).sum())
+        self.real += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
+        self.processed += labels.numel()
+
+
+def peak_memory_gib() -> float:
+    """CUDA: peak allocated by torch; CPU: the process's peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
+
+
+class SamplerEpochCallback(TrainerCallback):
+    """Sets the sampler's epoch at each epoch start, also in an epoch resumed mid-way (where accelerate's
+    `skip_first_batches` wrapper no longer forwards `set_epoch`)."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(state.epoch or 0))
+
+
+class DelphiTrainer(Trainer):
+    def __init__(self, *args, sampler_factory: SamplerFactory, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampler_factory = sampler_factory
+        self.tokens = TokenCounts()
+        self.train_sampler = sampler_factory(self.train_dataset, self.args.world_size, self.args.process_index)
+        self.add_callback(SamplerEpochCallback(self.train_sampler))
+        # Our compute_loss divides by num_items_in_batch itself: make the Trainer count it and not divide again.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = True
+
+    def train(self, *args, **kwargs):
+        self.tokens = TokenCounts()  # tokens/s counts training only, not model set-up or a resumed run's past
+        return super().train(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        loader = self._get_dataloader(self.train_dataset, "Training", self._train_batch_size,
+                                      sampler_fn=lambda _: self.train_sampler, is_training=True)
+        shard = getattr(loader, "batch_sampler", None)
+        if shard is not None and hasattr(shard, "num_processes"):
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """transformers 5 saves full-model checkpoints under the hub's key names (GPT-NeoX: `embed_out`, not
+        `lm_head`) but reloads them with a plain `load_state_dict`, which leaves such weights at their fresh
+        values on resume without an error. Load them through the model's own key renaming instead."""
+        target = model if model is not None else self.model
+        files = sorted(Path(resume_from_checkpoint).glob("model*.safetensors"))
+        if not files or self.is_deepspeed_enabled or hasattr(target, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        transforms = get_model_conversion_mapping(target)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        state = {rename_source_key(key, renamings, converters)[0]: value
+                 for file in files for key, value in load_file(file, device="cpu").items()}
+        self._issue_warnings_after_load(target.load_state_dict(state, strict=False))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss_sum, trained, outputs = summed_token_loss(model, output_layer, inputs)
+        if model.training:
+            self.tokens.add(inputs)
+        if num_items_in_batch is None:  # a lone batch (evaluation without a count): its own token mean
+            loss = loss_sum / trained.clamp(min=1)
+        else:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # DeepSpeed and DDP average gradients over ranks; the count above is already the global one.
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self.throughput())
+        super().log(logs, start_time)
+
+    def throughput(self) -> dict[str, float]:
+        """Token figures summed over ranks (a collective: every rank logs training metrics at the same step)."""
+        local = torch.tensor([self.tokens.trained, self.tokens.real, self.tokens.processed], dtype=torch.float64,
+                             device=self.args.device)
+        trained, real, processed = (self.accelerator.reduce(local, "sum") if self.args.world_size > 1
+                                    else local).tolist()
+        seconds = max(time.perf_counter() - self.tokens.started, 1e-9)
+        return {
+            "trained_tokens": trained,
+            "trained_tokens_per_second": trained / seconds,
+            "padding_fraction": 1 - real / processed if processed else 0.0,
+            "peak_memory_gib": peak_memory_gib(),
+        }

@@ -1,0 +1,79 @@
+"""Where metrics go: `metrics.jsonl` always, wandb as well when the config asks for it.
+
+One object with the same methods whether or not wandb is on (a null-object logger), so the training code has no
+`if wandb:` branches. Only the main process writes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from trainer.config import TrainConfig
+
+
+def wants_wandb(config: TrainConfig) -> bool:
+    return config.log_wandb and config.report_to == "wandb"
+
+
+class RunLog:
+    """Appends `{"step": n, ...metrics}` lines to `<output_dir>/metrics.jsonl` and mirrors them to a wandb run."""
+
+    def __init__(self, path: Path, wandb_run: Any = None):
+        self.path = path
+        self.wandb_run = wandb_run
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def start(cls, config: TrainConfig, output_dir: Path) -> "RunLog":
+        """Opens the wandb run (offline with WANDB_MODE=offline) named and tagged from the config."""
+        run = None
+        if wants_wandb(config):
+            import wandb
+
+            tags = [t.strip() for t in (config.wandb_tags or "").split(",") if t.strip()]
+            run = wandb.init(project=config.wandb_project, entity=config.wandb_entity, name=config.wandb_run_name,
+                             group=config.wandb_group, tags=tags or None, config=config.to_dict())
+        return cls(output_dir / "metrics.jsonl", run)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def summary(self, figures: dict[str, Any]) -> None:
+        """One-off figures (the data report, the closing report): a jsonl line and the wandb run summary."""
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": None, **figures}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(figures)
+
+    def finish(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class RunLogCallback(TrainerCallback):
+    """Every `Trainer.log` call (training, evaluation, the end of training) goes to the run log."""
+
+    def __init__(self, run_log: RunLog):
+        self.run_log = run_log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.run_log.log(dict(logs), state.global_step)
+
+
+class TokenProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (steps, ETA) with the trained tokens/s of the latest log beside it."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (logs and "trained_tokens_per_second" in logs):
+            return super().on_log(args, state, control, logs=logs, **kwargs)  # evaluation: printed as a line
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}",
+                                          tok_s=f"{logs['trained_tokens_per_second']:,.0f}", refresh=False)

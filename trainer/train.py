@@ -1,0 +1,182 @@
+"""One training run: config + model + data in, a trained model, checkpoints, metrics and a report out.
+
+`train()` is the whole run in reading order: arguments, trainer, the step arithmetic line, resume, train, save,
+report. The model, the per-dataset samples, the collator and the sampler factory are passed in, so the same
+function runs the tests' tiny samples and the real data builder's output, on 2 CPU processes or 64 GPUs (the
+launcher, `deepspeed` or `torchrun`, sets the ranks; nothing here starts processes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import ConcatDataset
+from transformers import TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from trainer.config import REPO_ROOT, TrainConfig, write_resolved
+from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
+from trainer.errors import ConfigError
+from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
+
+Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
+
+
+def resolve_path(path: str) -> Path:
+    """Relative to the working directory when it exists there, else to the repository (configs/zero2.json)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch") -> TrainingArguments:
+    """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
+
+    Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
+    cuda = torch.cuda.is_available()
+    deepspeed = None
+    if config.deepspeed:
+        deepspeed = resolve_path(config.deepspeed_config)
+        if not deepspeed.is_file():
+            raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        optim=optim,  # replaced by the JSON's optimizer under DeepSpeed
+        seed=config.rng_seed,
+        deepspeed=str(deepspeed) if deepspeed else None,
+        use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
+        fp16=cuda and config.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
+        bf16=cuda and config.dtype == "bf16",
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",  # RunLog writes metrics.jsonl and wandb itself
+        remove_unused_columns=False,  # samples go to the collator as the data builder made them
+        prediction_loss_only=True,  # evaluation keeps no logits
+        average_tokens_across_devices=True,
+    )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How epochs become optimizer steps, computed the way the Trainer does."""
+
+    batch_size: int
+    accumulation: int
+    world_size: int
+    max_length: int
+    samples_per_epoch_per_rank: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: float
+
+    @classmethod
+    def of(cls, config: TrainConfig, samples_per_epoch_per_rank: int, world_size: int) -> "StepPlan":
+        batches = math.ceil(samples_per_epoch_per_rank / config.per_device_train_batch_size)
+        steps_per_epoch = max(math.ceil(batches / config.gradient_accumulation_steps), 1)
+        return cls(config.per_device_train_batch_size, config.gradient_accumulation_steps, world_size,
+                   config.max_length, samples_per_epoch_per_rank, steps_per_epoch,
+                   math.ceil(config.num_train_epochs * steps_per_epoch), config.num_train_epochs)
+
+    def describe(self) -> str:
+        tokens = self.batch_size * self.accumulation * self.max_length * self.world_size
+        ranks = "rank" if self.world_size == 1 else "ranks"
+        return (f"tokens per optimizer step: up to {tokens:,} = {self.batch_size} seq × {self.accumulation} accum × "
+                f"{self.max_length} max_length × {self.world_size} {ranks}; {self.samples_per_epoch_per_rank:,} "
+                f"samples per rank per epoch → {self.steps_per_epoch:,} optimizer steps/epoch × {self.epochs:g} "
+                f"epochs = {self.total_steps:,} steps")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    global_step: int
+    epochs: float
+    trained_tokens: float
+    trained_tokens_per_second: float
+    peak_memory_gib: float
+    output_dir: Path
+    checkpoints: tuple[Path, ...]
+    metrics_path: Path
+
+    def report(self) -> str:
+        ckpts = ", ".join(p.name for p in self.checkpoints) or "none kept"
+        return "\n".join([
+            "training finished",
+            f"  optimizer steps   {self.global_step:,} ({self.epochs:.2f} epochs)",
+            f"  trained tokens    {self.trained_tokens:,.0f} ({self.trained_tokens_per_second:,.0f} tokens/s)",
+            f"  peak memory       {self.peak_memory_gib:.2f} GiB (rank 0)",
+            f"  model             {self.output_dir} (with tokenizer and resolved_config.yaml)",
+            f"  checkpoints       {ckpts}",
+            f"  metrics           {self.metrics_path}",
+        ])
+
+
+def resume_point(config: TrainConfig) -> str | None:
+    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None."""
+    if config.resume_from_checkpoint:
+        path = Path(config.resume_from_checkpoint)
+        if not path.is_dir():
+            raise ConfigError(f"resume_from_checkpoint: no checkpoint directory at {path}")
+        return str(path)
+    out = Path(config.output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
+          collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
+          callbacks: Sequence = (), optim: str = "adamw_torch") -> TrainResult:
+    """Train `model` on the concatenated train splits; evaluate each validation split by name."""
+    output_dir = Path(config.output_dir)
+    evals = {name: samples for name, samples in val_sets.items() if len(samples)}
+    args = training_arguments(config, has_eval=bool(evals), optim=optim)
+    run_log = RunLog.start(config, output_dir) if args.process_index == 0 else RunLog(output_dir / "metrics.jsonl")
+    trainer = DelphiTrainer(
+        model=model, args=args, processing_class=tokenizer, data_collator=collator,
+        train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,
+        sampler_factory=sampler_factory, callbacks=[RunLogCallback(run_log), *callbacks])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TokenProgressCallback())
+
+    plan = StepPlan.of(config, len(trainer.train_sampler), args.world_size)
+    resume = resume_point(config)
+    if trainer.is_world_process_zero():
+        print(plan.describe(), flush=True)
+        if resume:
+            print(f"resuming from {resume}", flush=True)
+        run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
+                         **{f"data/{k}": v for k, v in (data_report or {}).items()}})
+
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    figures = trainer.throughput()
+    if trainer.is_world_process_zero():
+        write_resolved(config, output_dir)
+    result = TrainResult(
+        global_step=trainer.state.global_step, epochs=trainer.state.epoch or 0.0,
+        trained_tokens=figures["trained_tokens"], trained_tokens_per_second=figures["trained_tokens_per_second"],
+        peak_memory_gib=peak_memory_gib(), output_dir=output_dir,
+        checkpoints=tuple(sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))),
+        metrics_path=run_log.path)
+    if trainer.is_world_process_zero():
+        run_log.summary({"final/" + k: v for k, v in figures.items()} | {"final/global_step": result.global_step})
+        print(result.report(), flush=True)
+    run_log.finish()
+    return result
