@@ -1,0 +1,137 @@
+"""Conversations to `input_ids` / `labels`: every distinct segment text is encoded once, samples are numpy joins.
+
+OASST threads repeat their prefixes (every root-to-leaf branch is a sample), so encoding whole rendered strings
+would tokenize the same messages many times. Segments are encoded instead, in one `encode_batch` over the unique
+texts, and a sample is the concatenation of its segments' cached ids. For the oasst format this equals
+tokenizing the rendered string (special tokens split the text anyway). For the template formats the reply is
+encoded apart from its prompt, as the qlora fork does and as inference sees it (the prompt ends before the
+reply); a reply is then tokenized from its own first character, e.g. after `ASSISTANT: ` the trailing space
+stays its own token.
+
+Labels are -100 except on trained segments (the assistant replies and their end tokens); `label_masking` false
+trains every token. Position 0 is never a target (nothing precedes it), so its label is always -100.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from trainer.data.conversation import Conversation
+from trainer.data.formats import PromptFormat, Segment
+from trainer.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+class SegmentEncoder:
+    """Token ids per segment text, computed once per distinct text with the tokenizer's fast backend."""
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"tokenizer '{tokenizer.name_or_path}' has no fast (`tokenizers`) backend; "
+                              f"Delphi needs one to encode datasets")
+        self._backend = backend
+        self._ids: dict[str, np.ndarray] = {}
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Batch-encode every text not seen yet (duplicates are encoded once)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._ids]
+        if not new:
+            return
+        encodings = self._backend.encode_batch(new, add_special_tokens=False)
+        for text, encoding in zip(new, encodings):
+            self._ids[text] = np.array(encoding.ids, dtype=np.int32)
+
+    def ids(self, text: str) -> np.ndarray:
+        """Cached ids of `text`; a text not primed (e.g. a re-rendered truncated sample) is encoded now."""
+        found = self._ids.get(text)
+        if found is None:
+            found = np.array(self._backend.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+            self._ids[text] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE_INDEX where not trained
+    trained_tokens: int
+    truncated: bool  # exchanges were dropped or the last reply was cut
+    turns_dropped: int  # oldest turns dropped to fit max_length (two per exchange)
+
+
+@dataclass
+class EncodeStats:
+    samples: int = 0  # kept
+    truncated: int = 0  # kept, but shortened to fit max_length
+    dropped_no_trained_tokens: int = 0  # not kept: nothing left to train on after truncation
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def add(self, sample: EncodedSample | None) -> None:
+        if sample is None:
+            self.dropped_no_trained_tokens += 1
+            return
+        self.samples += 1
+        self.truncated += sample.truncated
+        self.tokens += len(sample.input_ids)
+        self.trained_tokens += sample.trained_tokens
+
+
+def encode(conv: Conversation, fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+           label_masking: bool) -> EncodedSample | None:
+    """One conversation as ids and labels, or None when no trained token survives truncation."""
+    return _encode(conv, fmt.render(conv), fmt, encoder, max_length, label_masking)
+
+
+def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+               label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
+    """Every conversation, rendered once and encoded in one batch; samples with no trained token are counted."""
+    rendered = [fmt.render(conv) for conv in convs]
+    encoder.prime(segment.text for segments in rendered for segment in segments)
+    samples: list[EncodedSample] = []
+    stats = EncodeStats()
+    for conv, segments in zip(convs, rendered):
+        sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
+        stats.add(sample)
+        if sample is not None:
+            samples.append(sample)
+    return samples, stats
+
+
+def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
+            max_length: int, label_masking: bool) -> EncodedSample | None:
+    arrays = [encoder.ids(segment.text) for segment in segments]
+    total = sum(map(len, arrays))
+    dropped = 0
+    # Too long: drop the oldest exchanges (the header is re-rendered, so it stays) until the rest fits; the last
+    # exchange alone is kept even if it does not fit, and cut below.
+    while total > max_length and dropped + 2 < len(conv.turns):
+        dropped += 2
+        segments = fmt.render(dataclasses.replace(conv, turns=conv.turns[dropped:]))
+        arrays = [encoder.ids(segment.text) for segment in segments]
+        total = sum(map(len, arrays))
+    input_ids = np.concatenate(arrays)[:max_length]
+    if label_masking:
+        labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
+        offset = 0
+        for segment, array in zip(segments, arrays):
+            if offset >= max_length:
+                break
+            if segment.trained:
+                labels[offset:offset + len(array)] = array[:max_length - offset]
+            offset += len(array)
+    else:
+        labels = input_ids.copy()
+    labels[:1] = IGNORE_INDEX
+    trained = int(np.count_nonzero(labels != IGNORE_INDEX))
+    if trained == 0:
+        return None
+    return EncodedSample(input_ids, labels, trained, dropped > 0 or total > max_length, dropped)
