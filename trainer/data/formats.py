@@ -20,7 +20,6 @@ from typing import NamedTuple, Sequence
 from trainer.config import PROMPT_FORMATS, TrainConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.errors import ConfigError, DataError
-from trainer.tokens import CHAT_SPECIAL_TOKENS
 
 
 class Segment(NamedTuple):
@@ -43,7 +42,7 @@ def check_alternation(turns: Sequence[Turn], where: str, *, ends_with: str) -> N
             raise DataError(f"{where}: turn {i} has role {turn.role!r}, expected {expected!r} "
                             f"(turns alternate, starting with a prompter turn)")
     if turns[-1].role != ends_with:
-        raise DataError(f"{where}: the last turn must be a {ends_with} turn, got {turns[-1].role!r}")
+        raise DataError(f"{where}: the last turn must have role {ends_with!r}, got {turns[-1].role!r}")
 
 
 class PromptFormat(ABC):
@@ -79,8 +78,8 @@ class PromptFormat(ABC):
             segments += self.reply(turns[i + 1])
         return segments
 
-    def generation_prompt(self, turns: Sequence[Turn], system: str | None) -> str:
-        """The string to generate the next reply from: `turns` is the history, ending with a prompter turn.
+    def generation_segments(self, turns: Sequence[Turn], system: str | None) -> list[Segment]:
+        """The segments to generate the next reply from: `turns` is the history, ending with a prompter turn.
 
         `system` is the system prefix to use, None for none (pass `self.system` for the one trained with).
         """
@@ -90,7 +89,12 @@ class PromptFormat(ABC):
             segments += self.prompt(turns[i], i // 2)
             segments += self.reply(turns[i + 1])
         segments += self.prompt(turns[-1], len(turns) // 2)
-        return "".join(s.text for s in segments)
+        return segments
+
+    def generation_prompt(self, turns: Sequence[Turn], system: str | None) -> str:
+        """`generation_segments` as one string. With earlier replies in the history, encode the segments
+        instead (`trainer.data.tokenize.encode_prompt`): a reply was trained tokenized apart from its prompt."""
+        return "".join(s.text for s in self.generation_segments(turns, system))
 
 
 class OasstFormat(PromptFormat):
@@ -232,7 +236,7 @@ def prompt_format(config: TrainConfig, tokenizer) -> PromptFormat:
     system = config.system_prefix if config.use_system_prefix else None
     if name == "oasst":
         vocab = tokenizer.get_vocab()
-        missing = [t for t in CHAT_SPECIAL_TOKENS[:3] if t not in vocab]
+        missing = [t for t in ("<|prompter|>", "<|assistant|>", "<|system|>") if t not in vocab]
         if missing:
             raise ConfigError(f"prompt_format oasst: tokenizer '{tokenizer.name_or_path}' lacks {', '.join(missing)}"
                               f"; load it with trainer.tokens.load_tokenizer, which adds the chat tokens")

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from trainer.data.conversation import Conversation
+from trainer.data.conversation import Conversation, Turn
 from trainer.data.formats import PromptFormat, Segment
 from trainer.errors import ConfigError
 
@@ -104,6 +104,12 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
         if sample is not None:
             samples.append(sample)
     return samples, stats
+
+
+def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
+                  system: str | None) -> np.ndarray:
+    """A chat's generation prompt as ids, segment by segment exactly as the training samples were encoded."""
+    return np.concatenate([encoder.ids(segment.text) for segment in fmt.generation_segments(turns, system)])
 
 
 def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
