@@ -114,6 +114,26 @@ def test_encode_all_encodes_each_distinct_text_once(oa_test_tokenizer):
     assert stats.tokens == sum(len(s.input_ids) for s in samples)
 
 
+@pytest.mark.parametrize("label_masking", [True, False])
+def test_encode_all_agrees_with_encode_one_by_one(oa_test_tokenizer, label_masking):
+    tok = oa_test_tokenizer
+    fmt = fmt_for(tok, system="Be brief.")
+    convs = [conv("Dummy Question?", "Dummy Answer."),
+             conv("A first, rather long question?", "A first long answer.", "Second?", "Second answer."),
+             conv("Q", "A", context="an input"),
+             conv("Short?", "Yes.")]
+    max_length = 40  # the two-exchange sample (69 tokens) loses its first exchange (31 tokens are left)
+    samples, stats = encode_all(convs, fmt, SegmentEncoder(tok), max_length, label_masking)
+    one_by_one = [encode(c, fmt, SegmentEncoder(tok), max_length, label_masking) for c in convs]
+    assert len(samples) == len(one_by_one) == 4 and stats.truncated == 1
+    for got, expected in zip(samples, one_by_one):
+        assert got.input_ids.tolist() == expected.input_ids.tolist()
+        assert got.labels.tolist() == expected.labels.tolist()
+        assert (got.trained_tokens, got.truncated, got.turns_dropped) == \
+               (expected.trained_tokens, expected.truncated, expected.turns_dropped)
+    assert stats.trained_tokens == sum(s.trained_tokens for s in samples)
+
+
 # ----------------------------------------------------------------------------------------- the GPT-NeoX-20B tokenizer
 
 def test_neox20b_vocab_and_chat_tokens(neox20b_tokenizer):

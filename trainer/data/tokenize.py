@@ -14,8 +14,10 @@ trains every token. Position 0 is never a target (nothing precedes it), so its l
 from __future__ import annotations
 
 import dataclasses
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,6 +48,14 @@ class SegmentEncoder:
         for text, encoding in zip(new, encodings):
             self._ids[text] = np.array(encoding.ids, dtype=np.int32)
 
+    def lookup(self, segments: Sequence[Segment]) -> list[np.ndarray]:
+        """The ids of every segment (the fast path: one dict lookup each once primed)."""
+        table = self._ids
+        try:
+            return [table[segment.text] for segment in segments]
+        except KeyError:
+            return [self.ids(segment.text) for segment in segments]
+
     def ids(self, text: str) -> np.ndarray:
         """Cached ids of `text`; a text not primed (e.g. a re-rendered truncated sample) is encoded now."""
         found = self._ids.get(text)
@@ -58,7 +68,7 @@ class SegmentEncoder:
         return len(self._ids)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedSample:
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, IGNORE_INDEX where not trained
@@ -93,28 +103,73 @@ def encode(conv: Conversation, fmt: PromptFormat, encoder: SegmentEncoder, max_l
 
 def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
                label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
-    """Every conversation, rendered once and encoded in one batch; samples with no trained token are counted."""
-    rendered = [fmt.render(conv) for conv in convs]
-    encoder.prime(segment.text for segments in rendered for segment in segments)
-    samples: list[EncodedSample] = []
-    stats = EncodeStats()
-    for conv, segments in zip(convs, rendered):
-        sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
-        stats.add(sample)
-        if sample is not None:
-            samples.append(sample)
-    return samples, stats
+    """Every conversation, as `encode` would do it one by one, but vectorized: rendered once, encoded in one
+    batch, and joined in one numpy pass (samples are views into two shared arrays). Samples with no trained
+    token are counted in the stats, not kept."""
+    with _collector_paused():
+        rendered = [fmt.render(conv) for conv in convs]
+        encoder.prime(segment.text for segments in rendered for segment in segments)
+        arrays: list[np.ndarray] = []
+        trained_flags: list[bool] = []
+        segment_counts: list[int] = []
+        for segments in rendered:
+            arrays += encoder.lookup(segments)
+            trained_flags += [segment.trained for segment in segments]
+            segment_counts.append(len(segments))
+        if not arrays:
+            return [], EncodeStats()
+        # Every format renders at least one non-empty segment per sample, so no sample is empty.
+        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
+        starts = np.cumsum(totals) - totals
+        input_ids = np.concatenate(arrays)
+        if label_masking:
+            ignore = np.full(int(lengths.max()), IGNORE_INDEX, dtype=np.int32)
+            labels = np.concatenate([a if trained else ignore[:len(a)] for a, trained in zip(arrays, trained_flags)])
+        else:
+            labels = input_ids.copy()
+        labels[starts] = IGNORE_INDEX
+        trained_counts = np.add.reduceat(labels != IGNORE_INDEX, starts)
+
+        samples: list[EncodedSample] = []
+        stats = EncodeStats()
+        for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
+                                                         trained_counts.tolist()):
+            if total > max_length:
+                sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
+            elif trained == 0:
+                sample = None
+            else:
+                sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
+                                       False, 0)
+            stats.add(sample)
+            if sample is not None:
+                samples.append(sample)
+        return samples, stats
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Rendering allocates a few small tuples and lists per sample, none of them cyclic; with the cyclic
+    collector on, its passes rescan every live sample again and again and cost more than the work itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
                   system: str | None) -> np.ndarray:
     """A chat's generation prompt as ids, segment by segment exactly as the training samples were encoded."""
-    return np.concatenate([encoder.ids(segment.text) for segment in fmt.generation_segments(turns, system)])
+    return np.concatenate(encoder.lookup(fmt.generation_segments(turns, system)))
 
 
 def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
             max_length: int, label_masking: bool) -> EncodedSample | None:
-    arrays = [encoder.ids(segment.text) for segment in segments]
+    arrays = encoder.lookup(segments)
     total = sum(map(len, arrays))
     dropped = 0
     # Too long: drop the oldest exchanges (the header is re-rendered, so it stays) until the rest fits; the last
@@ -122,7 +177,7 @@ def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, enco
     while total > max_length and dropped + 2 < len(conv.turns):
         dropped += 2
         segments = fmt.render(dataclasses.replace(conv, turns=conv.turns[dropped:]))
-        arrays = [encoder.ids(segment.text) for segment in segments]
+        arrays = encoder.lookup(segments)
         total = sum(map(len, arrays))
     input_ids = np.concatenate(arrays)[:max_length]
     if label_masking:
