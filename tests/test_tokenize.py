@@ -76,6 +76,18 @@ def test_truncation_drops_the_oldest_exchange_and_keeps_the_system_prefix(oa_tes
     assert tok.decode(trained_ids(sample)) == "Second answer.<|endoftext|>Third.<|endoftext|>"
 
 
+def test_truncated_airoboros_sample_is_the_shorter_conversation_rendered_anew(oa_test_tokenizer):
+    """Dropping an exchange re-renders the rest: the new first block gets the preamble's " USER: " spacing."""
+    tok = oa_test_tokenizer
+    fmt, encoder = fmt_for(tok, "airoboros"), SegmentEncoder(tok)
+    shorter = encode(conv("Second question?", "Second answer."), fmt, encoder, 512, True)
+    sample = encode(conv("First question?", "First answer.", "Second question?", "Second answer."), fmt, encoder,
+                    len(shorter.input_ids), True)
+    assert sample.input_ids.tolist() == shorter.input_ids.tolist() and sample.turns_dropped == 2
+    assert tok.decode(sample.input_ids).endswith("input. USER: Second question? ASSISTANT: Second answer."
+                                                 "<|endoftext|>")
+
+
 def test_a_last_exchange_too_long_keeps_its_head(oa_test_tokenizer):
     tok = oa_test_tokenizer
     fmt, encoder = fmt_for(tok, system="Be brief."), SegmentEncoder(tok)
