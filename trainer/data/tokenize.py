@@ -1,0 +1,198 @@
+"""Conversations to `input_ids` / `labels`: every distinct segment text is encoded once, samples are numpy joins.
+
+OASST threads repeat their prefixes (every root-to-leaf branch is a sample), so encoding whole rendered strings
+would tokenize the same messages many times. Segments are encoded instead, in one `encode_batch` over the unique
+texts, and a sample is the concatenation of its segments' cached ids. For the oasst format this equals
+tokenizing the rendered string (special tokens split the text anyway). For the template formats the reply is
+encoded apart from its prompt, as the qlora fork does and as inference sees it (the prompt ends before the
+reply); a reply is then tokenized from its own first character, e.g. after `ASSISTANT: ` the trailing space
+stays its own token.
+
+Labels are -100 except on trained segments (the assistant replies and their end tokens); `label_masking` false
+trains every token. Position 0 is never a target (nothing precedes it), so its label is always -100.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from trainer.data.conversation import Conversation, Turn
+from trainer.data.formats import PromptFormat, Segment
+from trainer.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+class SegmentEncoder:
+    """Token ids per segment text, computed once per distinct text with the tokenizer's fast backend."""
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"tokenizer '{tokenizer.name_or_path}' has no fast (`tokenizers`) backend; "
+                              f"Delphi needs one to encode datasets")
+        self._backend = backend
+        self._ids: dict[str, np.ndarray] = {}
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Batch-encode every text not seen yet (duplicates are encoded once)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._ids]
+        if not new:
+            return
+        encodings = self._backend.encode_batch(new, add_special_tokens=False)
+        for text, encoding in zip(new, encodings):
+            self._ids[text] = np.array(encoding.ids, dtype=np.int32)
+
+    def lookup(self, segments: Sequence[Segment]) -> list[np.ndarray]:
+        """The ids of every segment (the fast path: one dict lookup each once primed)."""
+        table = self._ids
+        try:
+            return [table[segment.text] for segment in segments]
+        except KeyError:
+            return [self.ids(segment.text) for segment in segments]
+
+    def ids(self, text: str) -> np.ndarray:
+        """Cached ids of `text`; a text not primed (e.g. a re-rendered truncated sample) is encoded now."""
+        found = self._ids.get(text)
+        if found is None:
+            found = np.array(self._backend.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+            self._ids[text] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedSample:
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE_INDEX where not trained
+    trained_tokens: int
+    truncated: bool  # exchanges were dropped or the last reply was cut
+    turns_dropped: int  # oldest turns dropped to fit max_length (two per exchange)
+
+
+@dataclass
+class EncodeStats:
+    samples: int = 0  # kept
+    truncated: int = 0  # kept, but shortened to fit max_length
+    dropped_no_trained_tokens: int = 0  # not kept: nothing left to train on after truncation
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def add(self, sample: EncodedSample | None) -> None:
+        if sample is None:
+            self.dropped_no_trained_tokens += 1
+            return
+        self.samples += 1
+        self.truncated += sample.truncated
+        self.tokens += len(sample.input_ids)
+        self.trained_tokens += sample.trained_tokens
+
+
+def encode(conv: Conversation, fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+           label_masking: bool) -> EncodedSample | None:
+    """One conversation as ids and labels, or None when no trained token survives truncation."""
+    return _encode(conv, fmt.render(conv), fmt, encoder, max_length, label_masking)
+
+
+def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+               label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
+    """Every conversation, as `encode` would do it one by one, but vectorized: rendered once, encoded in one
+    batch, and joined in one numpy pass (samples are views into two shared arrays). Samples with no trained
+    token are counted in the stats, not kept."""
+    with _collector_paused():
+        rendered = [fmt.render(conv) for conv in convs]
+        encoder.prime(segment.text for segments in rendered for segment in segments)
+        arrays: list[np.ndarray] = []
+        trained_flags: list[bool] = []
+        segment_counts: list[int] = []
+        for segments in rendered:
+            arrays += encoder.lookup(segments)
+            trained_flags += [segment.trained for segment in segments]
+            segment_counts.append(len(segments))
+        if not arrays:
+            return [], EncodeStats()
+        # Every format renders at least one non-empty segment per sample, so no sample is empty.
+        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
+        starts = np.cumsum(totals) - totals
+        input_ids = np.concatenate(arrays)
+        if label_masking:
+            ignore = np.full(int(lengths.max()), IGNORE_INDEX, dtype=np.int32)
+            labels = np.concatenate([a if trained else ignore[:len(a)] for a, trained in zip(arrays, trained_flags)])
+        else:
+            labels = input_ids.copy()
+        labels[starts] = IGNORE_INDEX
+        trained_counts = np.add.reduceat(labels != IGNORE_INDEX, starts)
+
+        samples: list[EncodedSample] = []
+        stats = EncodeStats()
+        for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
+                                                         trained_counts.tolist()):
+            if total > max_length:
+                sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
+            elif trained == 0:
+                sample = None
+            else:
+                sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
+                                       False, 0)
+            stats.add(sample)
+            if sample is not None:
+                samples.append(sample)
+        return samples, stats
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Rendering allocates a few small tuples and lists per sample, none of them cyclic; with the cyclic
+    collector on, its passes rescan every live sample again and again and cost more than the work itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
+                  system: str | None) -> np.ndarray:
+    """A chat's generation prompt as ids, segment by segment exactly as the training samples were encoded."""
+    return np.concatenate(encoder.lookup(fmt.generation_segments(turns, system)))
+
+
+def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
+            max_length: int, label_masking: bool) -> EncodedSample | None:
+    arrays = encoder.lookup(segments)
+    total = sum(map(len, arrays))
+    dropped = 0
+    # Too long: drop the oldest exchanges (the header is re-rendered, so it stays) until the rest fits; the last
+    # exchange alone is kept even if it does not fit, and cut below.
+    while total > max_length and dropped + 2 < len(conv.turns):
+        dropped += 2
+        segments = fmt.render(dataclasses.replace(conv, turns=conv.turns[dropped:]))
+        arrays = encoder.lookup(segments)
+        total = sum(map(len, arrays))
+    input_ids = np.concatenate(arrays)[:max_length]
+    if label_masking:
+        labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
+        offset = 0
+        for segment, array in zip(segments, arrays):
+            if offset >= max_length:
+                break
+            if segment.trained:
+                labels[offset:offset + len(array)] = array[:max_length - offset]
+            offset += len(array)
+    else:
+        labels = input_ids.copy()
+    labels[:1] = IGNORE_INDEX
+    trained = int(np.count_nonzero(labels != IGNORE_INDEX))
+    if trained == 0:
+        return None
+    return EncodedSample(input_ids, labels, trained, dropped > 0 or total > max_length, dropped)
