@@ -120,8 +120,8 @@ def test_a_tokenizer_larger_than_the_embedding_fails(tiny_model_dir, grown_token
     with pytest.raises(ConfigError) as e:
         check_vocab_fits(model, grown_tokenizer, tiny_config(directory))
     rows = model.get_input_embeddings().num_embeddings
-    assert f"token ids up to {len(grown_tokenizer) - 1}" in str(e.value)
-    assert f"input embedding of model_name '{directory}' has {rows} rows" in str(e.value)
+    assert f"token ids up to {len(grown_tokenizer) - 1:,}" in str(e.value)
+    assert f"input embedding of model_name '{directory}' has {rows:,} rows" in str(e.value)
     assert "output head" in str(e.value)
 
 
