@@ -8,3 +8,4 @@ source scripts/env.sh
 py=.venv/bin/python
 $py scripts/make_tiny_models.py
 $py -m trainer.data --configs demo-data tiny-pythia --examples 1
+$py trainer_sft.py --configs demo-data tiny-pythia demo-train

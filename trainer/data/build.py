@@ -6,6 +6,7 @@ the same key memory-maps the saved Arrow files instead of reading and tokenizing
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -73,7 +74,7 @@ def _build_one(name, ds, config, tokenizer, fmt, encoder, use_cache) -> BuiltDat
     for split, convs, max_length in (("train", source.train, config.max_length),
                                      ("validation", source.val, config.val_max_length or config.max_length)):
         samples, stats = encode_all(convs, fmt, encoder, max_length, config.label_masking)
-        for k, v in stats.as_counts().items():
+        for k, v in dataclasses.asdict(stats).items():
             counts[f"{split}_{k}"] = v
         splits[split] = _to_dataset(samples)
     built = datasets.DatasetDict(splits)
@@ -117,7 +118,7 @@ def _to_dataset(samples) -> "datasets.Dataset":
         flat = np.concatenate([getattr(s, column) for s in samples]) if samples else np.zeros(0, np.int32)
         columns[column] = pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(np.int32, copy=False)))
     columns["length"] = pa.array(lengths.astype(np.int32))
-    columns["trained"] = pa.array(np.fromiter(((s.labels != -100).sum() for s in samples), dtype=np.int32,
+    columns["trained"] = pa.array(np.fromiter((s.trained_tokens for s in samples), dtype=np.int32,
                                               count=len(samples)))
     return datasets.Dataset(datasets.table.InMemoryTable(pa.table(columns)))
 
