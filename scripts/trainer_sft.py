@@ -29,7 +29,7 @@ def run(argv: list[str]) -> None:
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     config = resolve(split_argv(argv, extra_options={"local_rank": True}))
     from trainer.data.build import build_datasets
-    from trainer.data.collate import DataCollator, packing_isolation
+    from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures
     from trainer.models import load_model
     from trainer.tokens import load_tokenizer
@@ -38,9 +38,8 @@ def run(argv: list[str]) -> None:
     tokenizer = load_tokenizer(config.effective_tokenizer_name, config.max_length)
     loaded = load_model(config, tokenizer)
     built = build_datasets(config, tokenizer)
-    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=8, packing=config.packing,
-                            isolation=packing_isolation(loaded.model.config))
-    report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config).items()}
+    collator = training_collator(config, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
+    report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
     train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
           collator, sampler_factory(config, built), data_report=report, optim=loaded.optimizer)
 

@@ -39,6 +39,12 @@ def packing_isolation(config) -> Isolation:
     return PACKING_ISOLATION[model_type]
 
 
+def training_collator(config, pad_token_id: int, isolation: Isolation = "position_ids") -> "DataCollator":
+    """The collator training uses for a TrainConfig; widths round up to a multiple of 8 for GPU matmul tiles."""
+    return DataCollator(pad_token_id, config.max_length, pad_to_multiple_of=8, packing=config.packing,
+                        isolation=isolation)
+
+
 @dataclass(frozen=True)
 class TokenCounts:
     """Per-batch token accounting for the data report. `trained` counts the labels the loss really uses
@@ -91,8 +97,9 @@ class DataCollator:
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
-        rows = self._rows([len(ids) for ids, _ in pairs])
-        width = self._width(rows, pairs)
+        lengths = [len(ids) for ids, _ in pairs]
+        rows = self._rows(lengths)
+        width = self._width(rows, lengths)
         if not self.packing:
             return self._padded(pairs, width)
         return self._packed(pairs, rows, width)
@@ -100,10 +107,14 @@ class DataCollator:
     def token_counts(self, samples: Sequence[Any]) -> TokenCounts:
         """What `self(samples)` would hold, without building tensors."""
         pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
-        rows = self._rows([len(ids) for ids, _ in pairs])
-        real = sum(len(ids) for ids, _ in pairs)
+        lengths = [len(ids) for ids, _ in pairs]
         trained = sum(int(np.count_nonzero(labels[1:] != IGNORE_INDEX)) for _, labels in pairs)
-        return TokenCounts(real=real, padding=len(rows) * self._width(rows, pairs) - real, trained=trained)
+        return TokenCounts(real=sum(lengths), padding=self.padded_size(lengths) - sum(lengths), trained=trained)
+
+    def padded_size(self, lengths: Sequence[int]) -> int:
+        """Token slots (rows x width) a batch of samples with these lengths takes, padding included."""
+        rows = self._rows(list(lengths))
+        return len(rows) * self._width(rows, lengths)
 
     def _rows(self, lengths: list[int]) -> list[list[int]]:
         """Sample indices per row: one each, or first-fit decreasing into rows of `max_length`."""
@@ -125,8 +136,8 @@ class DataCollator:
             room[row] -= lengths[i]
         return rows
 
-    def _width(self, rows: list[list[int]], pairs: list[tuple[np.ndarray, np.ndarray]]) -> int:
-        width = max((sum(len(pairs[i][0]) for i in row) for row in rows), default=0)
+    def _width(self, rows: list[list[int]], lengths: Sequence[int]) -> int:
+        width = max((sum(lengths[i] for i in row) for row in rows), default=0)
         if self.pad_to_multiple_of:
             width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
         return width

@@ -8,25 +8,30 @@ import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
+from trainer.data.collate import DataCollator, training_collator
+from trainer.data.sampler import PerDatasetSampler
 
 PERCENTILES = (50, 90, 95, 99, 100)
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
 
-def dataset_figures(built: BuiltDataset, config: TrainConfig) -> dict:
-    """Counts after each step, token-length percentiles, truncation, padding and trained-token shares."""
-    train = built.train
-    lengths = np.asarray(train["length"], dtype=np.int64)
-    trained = np.asarray(train["trained"], dtype=np.int64)
+def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataCollator | None = None) -> dict:
+    """Counts after each step, token-length percentiles, truncation, padding and trained-token shares.
+
+    Padding is measured on the batches training would make: the sampler's epoch-0 order (length-grouped with
+    `sort_by_length`) through the collator (packed rows with `packing`)."""
+    lengths = np.asarray(built.train["length"], dtype=np.int64)
+    trained = np.asarray(built.train["trained"], dtype=np.int64)
     n = len(lengths)
     counts = built.counts
+    collator = collator or training_collator(config, pad_token_id=0)
     return {
         "counts": counts,
         "train_samples": n,
         "val_samples": len(built.val),
         "length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) if n else 0 for p in PERCENTILES},
         "truncated_fraction": counts.get("train_truncated", 0) / max(n, 1),
-        "padding_fraction": padding_fraction(lengths, config.per_device_train_batch_size),
+        "padding_fraction": padding_fraction(lengths, config, collator),
         "tokens": int(lengths.sum()),
         "trained_tokens": int(trained.sum()),
         "trained_share": float(trained.sum() / max(lengths.sum(), 1)),
@@ -36,16 +41,16 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig) -> dict:
     }
 
 
-def padding_fraction(lengths_in_batch_order: np.ndarray, batch_size: int) -> float:
-    """Share of the tokens in dynamically padded batches that are padding."""
-    n = len(lengths_in_batch_order)
-    if n == 0:
+def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCollator) -> float:
+    """Share of the token slots in the training batches of one epoch that are padding."""
+    if len(lengths) == 0:
         return 0.0
-    padded = 0
-    for start in range(0, n, batch_size):
-        chunk = lengths_in_batch_order[start:start + batch_size]
-        padded += int(chunk.max()) * len(chunk)
-    return 1.0 - float(lengths_in_batch_order.sum()) / padded
+    batch = config.per_device_train_batch_size
+    order = PerDatasetSampler([lengths], [len(lengths)], seed=config.rng_seed, batch_size=batch, resample=False,
+                              sort_by_length=config.sort_by_length).epoch_order()[:len(lengths)]
+    ordered = lengths[order]
+    slots = sum(collator.padded_size(ordered[i:i + batch].tolist()) for i in range(0, len(ordered), batch))
+    return 1.0 - float(ordered.sum()) / slots
 
 
 def render_marked(tokenizer, input_ids, labels) -> str:
