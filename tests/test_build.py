@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from trainer.config import REPO_ROOT as REPO
 from trainer.config import load_config
 from trainer.data.__main__ import main as data_main
 from trainer.data.build import build_datasets
