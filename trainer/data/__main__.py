@@ -1,4 +1,4 @@
-"""`python -m trainer.data --configs ... [--key value] [--examples N] [--dump FILE] [--no_cache]`
+"""`python -m trainer.data --configs ... [--key value] [--examples N] [--dump FILE] [--rebuild]`
 
 Builds (or loads from cache) every dataset of the config, prints the data report, writes it as JSON with the
 resolved config into `output_dir`, and optionally dumps every processed sample as JSONL.
@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer.config import resolve, split_argv, write_resolved
 from trainer.errors import DelphiError
 
-OPTIONS = {"examples": True, "dump": True, "no_cache": False}
+OPTIONS = {"examples": True, "dump": True, "rebuild": False}
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if not config.datasets:
         raise DelphiError("the config names no datasets: add a section with a `datasets:` list to --configs")
     tokenizer = load_tokenizer(config.effective_tokenizer_name)
-    built = build_datasets(config, tokenizer, use_cache=not args.extra.get("no_cache", False))
+    built = build_datasets(config, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(args.extra.get("examples", 2))))
     out = Path(config.output_dir)

@@ -20,10 +20,13 @@ import pyarrow as pa
 from trainer.config import DatasetConfig, TrainConfig
 from trainer.data.formats import prompt_format
 from trainer.data.sources import load_source, resolve_input_path
-from trainer.data.tokenize import SegmentEncoder, encode_all
+from trainer.data.tokenize import EncodeStats, SegmentEncoder, encode_all
 
-CACHE_VERSION = 1  # bump when the tokenized layout or the rendering rules change
-COLUMNS = ("input_ids", "labels")
+CACHE_VERSION = 2  # bump when the tokenized layout or the rendering rules change
+SPLITS = ("train", "validation")
+CHUNK = 8192  # conversations tokenized and written at a time
+SCHEMA = pa.schema([("input_ids", pa.large_list(pa.int32())), ("labels", pa.large_list(pa.int32())),
+                    ("length", pa.int32()), ("trained", pa.int32())])
 
 
 @dataclass
@@ -33,7 +36,7 @@ class BuiltDataset:
     train: "datasets.Dataset"  # columns input_ids, labels (int32 lists), length, trained
     val: "datasets.Dataset"
     counts: dict[str, int]  # per filter and per encoding step, in order
-    cache_path: Path | None = None
+    cache_path: Path
     from_cache: bool = False
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # locations of skipped bad lines
@@ -48,40 +51,49 @@ def entry_names(config: TrainConfig) -> list[str]:
     return names
 
 
-def build_datasets(config: TrainConfig, tokenizer, use_cache: bool = True) -> list[BuiltDataset]:
+def build_datasets(config: TrainConfig, tokenizer, rebuild: bool = False) -> list[BuiltDataset]:
     fmt = prompt_format(config, tokenizer)
     encoder = SegmentEncoder(tokenizer)
-    return [_build_one(name, ds, config, tokenizer, fmt, encoder, use_cache)
+    return [_build_one(name, ds, config, tokenizer, fmt, encoder, rebuild)
             for name, ds in zip(entry_names(config), config.datasets)]
 
 
-def _build_one(name, ds, config, tokenizer, fmt, encoder, use_cache) -> BuiltDataset:
+def _build_one(name, ds, config, tokenizer, fmt, encoder, rebuild) -> BuiltDataset:
     import datasets
 
     start = time.perf_counter()
     files = [resolve_input_path(ds.input_file_path, config.cache_dir)] if ds.input_file_path else []
     key = cache_key(ds, config, tokenizer, files)
     path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
-    if use_cache and (path / "counts.json").is_file():
-        meta = json.loads((path / "counts.json").read_text())
-        splits = datasets.DatasetDict.load_from_disk(str(path))
-        return BuiltDataset(name, ds, splits["train"], splits["validation"], meta["counts"], path, True,
-                            time.perf_counter() - start, meta["skipped"])
+    from_cache = not rebuild and (path / "counts.json").is_file()
+    if not from_cache:
+        _write_atomically(path, lambda tmp: _tokenize_source(ds, config, fmt, encoder, tmp, key))
+    meta = json.loads((path / "counts.json").read_text())
+    train, val = (datasets.Dataset.from_file(str(path / f"{split}.arrow")) for split in SPLITS)
+    return BuiltDataset(name, ds, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
+                        meta["skipped"])
+
+
+def _tokenize_source(ds, config, fmt, encoder, directory: Path, key: str) -> None:
+    """Read the source, then tokenize and write it chunk by chunk, so that peak memory holds the conversations,
+    the per-text id cache and one chunk of samples, never every sample twice."""
+    from datasets.arrow_writer import ArrowWriter
 
     source = load_source(ds, config.cache_dir)
     counts = dict(source.counts)
-    splits = {}
     for split, convs, max_length in (("train", source.train, config.max_length),
                                      ("validation", source.val, config.val_max_length or config.max_length)):
-        samples, stats = encode_all(convs, fmt, encoder, max_length, config.label_masking)
-        for k, v in dataclasses.asdict(stats).items():
-            counts[f"{split}_{k}"] = v
-        splits[split] = _to_dataset(samples)
-    built = datasets.DatasetDict(splits)
-    if use_cache:
-        _save_atomically(built, path, {"counts": counts, "skipped": source.skipped, "key": key})
-    return BuiltDataset(name, ds, built["train"], built["validation"], counts, path if use_cache else None, False,
-                        time.perf_counter() - start, source.skipped)
+        totals = EncodeStats()
+        writer = ArrowWriter(path=str(directory / f"{split}.arrow"), schema=SCHEMA)
+        for i in range(0, max(len(convs), 1), CHUNK):
+            samples, stats = encode_all(convs[i:i + CHUNK], fmt, encoder, max_length, config.label_masking)
+            writer.write_table(_to_table(samples))
+            for f in dataclasses.fields(totals):
+                setattr(totals, f.name, getattr(totals, f.name) + getattr(stats, f.name))
+        writer.finalize()
+        counts.update({f"{split}_{k}": v for k, v in dataclasses.asdict(totals).items()})
+    meta = {"counts": counts, "skipped": source.skipped, "key": key}
+    (directory / "counts.json").write_text(json.dumps(meta, indent=1))
 
 
 def cache_key(ds: DatasetConfig, config: TrainConfig, tokenizer, files: list[Path]) -> str:
@@ -107,27 +119,25 @@ def cache_key(ds: DatasetConfig, config: TrainConfig, tokenizer, files: list[Pat
     return h.hexdigest()
 
 
-def _to_dataset(samples) -> "datasets.Dataset":
-    """Columnar build straight from numpy: no per-token Python objects, whatever the dataset's size."""
-    import datasets
-
+def _to_table(samples) -> pa.Table:
+    """Columnar straight from numpy: no per-token Python objects."""
     lengths = np.fromiter((len(s.input_ids) for s in samples), dtype=np.int64, count=len(samples))
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), type=pa.int64())
     columns = {}
-    for column in COLUMNS:
+    for column in ("input_ids", "labels"):
         flat = np.concatenate([getattr(s, column) for s in samples]) if samples else np.zeros(0, np.int32)
         columns[column] = pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(np.int32, copy=False)))
     columns["length"] = pa.array(lengths.astype(np.int32))
     columns["trained"] = pa.array(np.fromiter((s.trained_tokens for s in samples), dtype=np.int32,
                                               count=len(samples)))
-    return datasets.Dataset(datasets.table.InMemoryTable(pa.table(columns)))
+    return pa.table(columns, schema=SCHEMA)
 
 
-def _save_atomically(built, path: Path, meta: dict) -> None:
+def _write_atomically(path: Path, write) -> None:
     """Write next to the target and rename, so a killed run never leaves a half-written cache behind."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    built.save_to_disk(str(tmp))
-    (tmp / "counts.json").write_text(json.dumps(meta, indent=1))
+    tmp.mkdir(parents=True)
+    write(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

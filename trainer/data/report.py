@@ -70,8 +70,7 @@ def format_report(built: list[BuiltDataset], figures: list[dict], tokenizer, exa
     lines = []
     for b, f in zip(built, figures):
         source = "cache" if f["from_cache"] else "built"
-        lines.append(f"== {b.name} ({source} in {f['seconds']:.2f} s"
-                     f"{', ' + str(b.cache_path) if b.cache_path else ''})")
+        lines.append(f"== {b.name} ({source} in {f['seconds']:.2f} s, {b.cache_path})")
         for key, value in f["counts"].items():
             lines.append(f"  {key:<40} {value:>10,}")
         pct = "  ".join(f"{k}={v}" for k, v in f["length_percentiles"].items())

@@ -26,6 +26,7 @@ from trainer.data.formats import PromptFormat, Segment
 from trainer.errors import ConfigError
 
 IGNORE_INDEX = -100
+PRIME_BATCH = 4096  # texts per encode_batch call
 
 
 class SegmentEncoder:
@@ -44,9 +45,12 @@ class SegmentEncoder:
         new = [t for t in dict.fromkeys(texts) if t not in self._ids]
         if not new:
             return
-        encodings = self._backend.encode_batch(new, add_special_tokens=False)
-        for text, encoding in zip(new, encodings):
-            self._ids[text] = np.array(encoding.ids, dtype=np.int32)
+        # In slices: a tokenizers Encoding carries offsets, strings and masks besides the ids, and holding one
+        # per message of a large export at once costs gigabytes.
+        for start in range(0, len(new), PRIME_BATCH):
+            batch = new[start:start + PRIME_BATCH]
+            for text, encoding in zip(batch, self._backend.encode_batch(batch, add_special_tokens=False)):
+                self._ids[text] = np.array(encoding.ids, dtype=np.int32)
 
     def lookup(self, segments: Sequence[Segment]) -> list[np.ndarray]:
         """The ids of every segment (the fast path: one dict lookup each once primed)."""
