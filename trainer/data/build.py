@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ def _build_one(name, ds, config, tokenizer, fmt, encoder, rebuild) -> BuiltDatas
     path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
     from_cache = not rebuild and (path / "counts.json").is_file()
     if not from_cache:
+        shutil.rmtree(path, ignore_errors=True)  # a rebuild replaces the old copy
         _write_atomically(path, lambda tmp: _tokenize_source(ds, config, fmt, encoder, tmp, key))
     meta = json.loads((path / "counts.json").read_text())
     train, val = (datasets.Dataset.from_file(str(path / f"{split}.arrow")) for split in SPLITS)
@@ -134,10 +136,13 @@ def _to_table(samples) -> pa.Table:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write next to the target and rename, so a killed run never leaves a half-written cache behind."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write beside the target and rename, so a killed run never leaves a half-written cache behind; ranks that
+    build the same dataset at once each write their own copy and the first rename wins."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    try:
+        tmp.rename(path)
+    except OSError:  # another rank renamed its identical copy first
+        shutil.rmtree(tmp, ignore_errors=True)
