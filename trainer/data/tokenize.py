@@ -14,8 +14,6 @@ trains every token. Position 0 is never a target (nothing precedes it), so its l
 from __future__ import annotations
 
 import dataclasses
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -89,6 +87,11 @@ class EncodeStats:
     tokens: int = 0
     trained_tokens: int = 0
 
+    def __iadd__(self, other: EncodeStats) -> EncodeStats:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
     def add(self, sample: EncodedSample | None) -> None:
         if sample is None:
             self.dropped_no_trained_tokens += 1
@@ -110,59 +113,45 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
     """Every conversation, as `encode` would do it one by one, but vectorized: rendered once, encoded in one
     batch, and joined in one numpy pass (samples are views into two shared arrays). Samples with no trained
     token are counted in the stats, not kept."""
-    with _collector_paused():
-        rendered = [fmt.render(conv) for conv in convs]
-        encoder.prime(segment.text for segments in rendered for segment in segments)
-        arrays: list[np.ndarray] = []
-        trained_flags: list[bool] = []
-        segment_counts: list[int] = []
-        for segments in rendered:
-            arrays += encoder.lookup(segments)
-            trained_flags += [segment.trained for segment in segments]
-            segment_counts.append(len(segments))
-        if not arrays:
-            return [], EncodeStats()
-        # Every format renders at least one non-empty segment per sample, so no sample is empty.
-        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-        totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
-        starts = np.cumsum(totals) - totals
-        input_ids = np.concatenate(arrays)
-        if label_masking:
-            ignore = np.full(int(lengths.max()), IGNORE_INDEX, dtype=np.int32)
-            labels = np.concatenate([a if trained else ignore[:len(a)] for a, trained in zip(arrays, trained_flags)])
+    rendered = [fmt.render(conv) for conv in convs]
+    encoder.prime(segment.text for segments in rendered for segment in segments)
+    arrays: list[np.ndarray] = []
+    trained_flags: list[bool] = []
+    segment_counts: list[int] = []
+    for segments in rendered:
+        arrays += encoder.lookup(segments)
+        trained_flags += [segment.trained for segment in segments]
+        segment_counts.append(len(segments))
+    if not arrays:
+        return [], EncodeStats()
+    # Every format renders at least one non-empty segment per sample, so no sample is empty.
+    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
+    starts = np.cumsum(totals) - totals
+    input_ids = np.concatenate(arrays)
+    if label_masking:
+        ignore = np.full(int(lengths.max()), IGNORE_INDEX, dtype=np.int32)
+        labels = np.concatenate([a if trained else ignore[:len(a)] for a, trained in zip(arrays, trained_flags)])
+    else:
+        labels = input_ids.copy()
+    labels[starts] = IGNORE_INDEX
+    trained_counts = np.add.reduceat(labels != IGNORE_INDEX, starts)
+
+    samples: list[EncodedSample] = []
+    stats = EncodeStats()
+    for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
+                                                     trained_counts.tolist()):
+        if total > max_length:
+            sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
+        elif trained == 0:
+            sample = None
         else:
-            labels = input_ids.copy()
-        labels[starts] = IGNORE_INDEX
-        trained_counts = np.add.reduceat(labels != IGNORE_INDEX, starts)
-
-        samples: list[EncodedSample] = []
-        stats = EncodeStats()
-        for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
-                                                         trained_counts.tolist()):
-            if total > max_length:
-                sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
-            elif trained == 0:
-                sample = None
-            else:
-                sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
-                                       False, 0)
-            stats.add(sample)
-            if sample is not None:
-                samples.append(sample)
-        return samples, stats
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Rendering allocates a few small tuples and lists per sample, none of them cyclic; with the cyclic
-    collector on, its passes rescan every live sample again and again and cost more than the work itself."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+            sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
+                                   False, 0)
+        stats.add(sample)
+        if sample is not None:
+            samples.append(sample)
+    return samples, stats
 
 
 def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
