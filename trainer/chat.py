@@ -50,12 +50,12 @@ class ChatSession:
     """The history and one model; `respond` adds an exchange, printing the reply as it is generated."""
 
     def __init__(self, loaded: InferenceModel, fmt: PromptFormat, options: SamplingOptions, system: str | None,
-                 out: TextIO = sys.stdout):
+                 out: TextIO | None = None):
         self.loaded = loaded
         self.fmt = fmt
         self.options = options
         self.system = system
-        self.out = out
+        self.out = out or sys.stdout
         self.encoder = SegmentEncoder(loaded.tokenizer)
         self.context = context_length(loaded.model, loaded.tokenizer)
         options.check(loaded.model.get_output_embeddings().weight.shape[0], self.context)
