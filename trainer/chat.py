@@ -138,7 +138,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output_length", type=int_or_none, default=None,
                         help="most new tokens per reply; none (default) = until the end key or the context is full")
     parser.add_argument("--system", default=None,
-                        help="system prompt (default: the one trained with, if use_system_prefix was on)")
+                        help="system prompt; \"\" for none (default: the one trained with, if use_system_prefix "
+                             "was on)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     return parser.parse_args(argv)
 
@@ -158,7 +159,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             print(note, file=sys.stderr)
         if args.seed is not None:
             set_seed(args.seed)
-        session = ChatSession(loaded, fmt, options, args.system if args.system is not None else fmt.system)
+        system = fmt.system if args.system is None else args.system or None
+        session = ChatSession(loaded, fmt, options, system)
         chat(session, prompt_reader(prompts, sys.stdout))
     except DelphiError as e:
         print(f"error: {e}", file=sys.stderr)

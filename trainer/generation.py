@@ -83,10 +83,11 @@ def generate_reply(model, tokenizer, prompt_ids: Sequence[int], options: Samplin
     format's newline, which BPE may merge with neighbours) stops as a string. eos also stops the plain format:
     there it was never trained, so what follows it is noise.
     """
-    end_ids = tokenizer.convert_tokens_to_ids([end_key]) if end_key in tokenizer.all_special_tokens else []
+    special = end_key in tokenizer.all_special_tokens
+    end_ids = tokenizer.convert_tokens_to_ids([end_key]) if special else []
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in end_ids:
         end_ids.append(tokenizer.eos_token_id)
-    stop_strings = [] if end_key in tokenizer.all_special_tokens else [end_key]
+    stop_strings = [] if special else [end_key]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
     config = generation_config(options, max_new_tokens, end_ids, pad_id, stop_strings)
     device = model.device
@@ -98,6 +99,6 @@ def generate_reply(model, tokenizer, prompt_ids: Sequence[int], options: Samplin
                                 tokenizer=tokenizer if stop_strings else None)
     new = output[0, input_ids.shape[1]:].tolist()
     text = tokenizer.decode(new, skip_special_tokens=True)
-    head, found, _ = text.partition(end_key) if stop_strings else (text, "", "")
+    head, found, _ = text.partition(end_key)  # a special end key never shows in this decoding: found stays ""
     ended = bool(found) or (bool(new) and new[-1] in end_ids)
     return Reply(head, new, ended)
