@@ -122,12 +122,12 @@ def chat(session: ChatSession, read: Callable[[], str]) -> int:
 def chat_format(loaded: InferenceModel) -> tuple[PromptFormat, str]:
     """The prompt format training used, and a line saying where it came from."""
     if loaded.config is not None:
-        return prompt_format(loaded.config, loaded.tokenizer), f"prompt format: {loaded.config.prompt_format} " \
-                                                              f"(from the run's resolved config)"
+        how = f"prompt format: {loaded.config.prompt_format} (from the run's resolved config)"
+        return prompt_format(loaded.config, loaded.tokenizer), how
     name = default_format_name(loaded.tokenizer)
     why = "the tokenizer has <|prompter|>" if name == "oasst" else "the tokenizer has no <|prompter|>"
-    return prompt_format(TrainConfig(prompt_format=name), loaded.tokenizer), \
-        f"prompt format: {name} (no resolved_config.yaml, and {why})"
+    how = f"prompt format: {name} (no resolved_config.yaml, and {why})"
+    return prompt_format(TrainConfig(prompt_format=name), loaded.tokenizer), how
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
