@@ -1,0 +1,174 @@
+"""Chat with a fine-tuned model in the prompt format it was trained on.
+
+    python -m trainer.chat --model outputs/tiny-pythia [--temperature 0] [--k 5] [--output_length 64]
+                           [--system "You are ..."] [--seed 0]
+
+The prompt is built and tokenized exactly as training built its samples (`encode_prompt`: segment by segment), the
+whole history is sent each turn, and the oldest exchanges are dropped when the prompt plus `output_length` would
+not fit the context. As in Graphcore's IPU chat notebook, an empty prompt ends the chat, and `EXAMPLE_PROMPTS` (a
+JSON list of strings in the environment) replaces the keyboard: each item is echoed as `Prompter: AUTO text`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence, TextIO
+
+import numpy as np
+from transformers import set_seed
+
+from trainer.config import TrainConfig
+from trainer.data.conversation import ASSISTANT, PROMPTER, Turn
+from trainer.data.formats import PromptFormat, prompt_format
+from trainer.data.tokenize import SegmentEncoder, encode_prompt
+from trainer.errors import ConfigError, DelphiError
+from trainer.generation import Reply, SamplingOptions, generate_reply
+from trainer.inference import InferenceModel, context_length, default_format_name, load_for_inference
+
+PROMPT_LABEL = "Prompter:"
+REPLY_LABEL = "Assistant:"
+
+
+def fit_history(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder, system: str | None,
+                limit: int) -> tuple[np.ndarray, int]:
+    """The prompt ids for `turns` (history ending with the new prompter turn) in at most `limit` tokens, and how
+    many turns were dropped: whole exchanges, oldest first; the header (system prompt) always stays."""
+    dropped = 0
+    ids = encode_prompt(turns, fmt, encoder, system)
+    while len(ids) > limit and dropped + 1 < len(turns):
+        dropped += 2
+        ids = encode_prompt(turns[dropped:], fmt, encoder, system)
+    if len(ids) > limit:
+        raise ConfigError(f"the prompt alone is {len(ids)} tokens, but only {limit} fit the context with the "
+                          f"room kept for the reply; shorten it or lower --output_length")
+    return ids, dropped
+
+
+class ChatSession:
+    """The history and one model; `respond` adds an exchange, printing the reply as it is generated."""
+
+    def __init__(self, loaded: InferenceModel, fmt: PromptFormat, options: SamplingOptions, system: str | None,
+                 out: TextIO | None = None):
+        self.loaded = loaded
+        self.fmt = fmt
+        self.options = options
+        self.system = system
+        self.out = out or sys.stdout
+        self.encoder = SegmentEncoder(loaded.tokenizer)
+        self.context = context_length(loaded.model, loaded.tokenizer)
+        options.check(loaded.model.get_output_embeddings().weight.shape[0], self.context)
+        self.history: list[Turn] = []
+
+    def respond(self, text: str) -> Reply:
+        turns = [*self.history, Turn(PROMPTER, text)]
+        room = self.options.output_length or 1
+        ids, dropped = fit_history(turns, self.fmt, self.encoder, self.system, self.context - room)
+        if dropped:
+            self.history = self.history[dropped:]
+            print(f"(dropped the {dropped // 2} oldest exchange(s) to fit the {self.context}-token context)",
+                  file=sys.stderr)
+        self.out.write(f"{REPLY_LABEL} ")
+        reply = generate_reply(self.loaded.model, self.loaded.tokenizer, ids.tolist(), self.options,
+                               self.fmt.end_key, self.options.output_length or self.context - len(ids), self.out)
+        self.history += [Turn(PROMPTER, text), Turn(ASSISTANT, reply.text)]
+        return reply
+
+
+def example_prompts(environ: dict[str, str]) -> list[str] | None:
+    """`EXAMPLE_PROMPTS` as the IPU notebook reads it: a JSON list of strings, or None when unset."""
+    raw = environ.get("EXAMPLE_PROMPTS")
+    if raw is None:
+        return None
+    try:
+        prompts = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"EXAMPLE_PROMPTS: not valid JSON ({e.msg} at character {e.pos}); expected a JSON list "
+                          f"of strings, e.g. '[\"Hello\", \"And then?\"]'") from None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError(f"EXAMPLE_PROMPTS: expected a JSON list of strings, got {raw!r}")
+    return prompts
+
+
+def prompt_reader(prompts: list[str] | None, out: TextIO) -> Callable[[], str]:
+    """Like input(), but takes the canned prompts in order when given (echoed), then "" which ends the chat."""
+    if prompts is None:
+        return lambda: input(f"{PROMPT_LABEL} ")
+    queue = list(prompts)
+
+    def read() -> str:
+        text = queue.pop(0) if queue else ""
+        out.write(f"{PROMPT_LABEL} AUTO {text}\n")
+        return text
+
+    return read
+
+
+def chat(session: ChatSession, read: Callable[[], str]) -> int:
+    """Exchanges until an empty prompt; returns the number of replies."""
+    session.out.write("To complete the chat, enter an empty prompt\n")
+    replies = 0
+    while text := read():
+        try:
+            session.respond(text)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        replies += 1
+    return replies
+
+
+def chat_format(loaded: InferenceModel) -> tuple[PromptFormat, str]:
+    """The prompt format training used, and a line saying where it came from."""
+    if loaded.config is not None:
+        how = f"prompt format: {loaded.config.prompt_format} (from the run's resolved config)"
+        return prompt_format(loaded.config, loaded.tokenizer), how
+    name = default_format_name(loaded.tokenizer)
+    why = "the tokenizer has <|prompter|>" if name == "oasst" else "the tokenizer has no <|prompter|>"
+    how = f"prompt format: {name} (no resolved_config.yaml, and {why})"
+    return prompt_format(TrainConfig(prompt_format=name), loaded.tokenizer), how
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainer.chat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a training output or an exported model directory")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; 1 = the model's distribution")
+    parser.add_argument("--k", type=int, default=5, help="top-k; 0 disables it (default 5)")
+    parser.add_argument("--output_length", type=int_or_none, default=None,
+                        help="most new tokens per reply; none (default) = until the end key or the context is full")
+    parser.add_argument("--system", default=None,
+                        help="system prompt; \"\" for none (default: the one trained with, if use_system_prefix "
+                             "was on)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    return parser.parse_args(argv)
+
+
+def int_or_none(value: str) -> int | None:
+    return None if value.lower() in ("none", "null") else int(value)
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        options = SamplingOptions(args.temperature, args.k, args.output_length)
+        prompts = example_prompts(dict(os.environ) if environ is None else environ)
+        loaded = load_for_inference(args.model)
+        fmt, how = chat_format(loaded)
+        for note in [*loaded.notes, how]:
+            print(note, file=sys.stderr)
+        if args.seed is not None:
+            set_seed(args.seed)
+        system = fmt.system if args.system is None else args.system or None
+        session = ChatSession(loaded, fmt, options, system)
+        chat(session, prompt_reader(prompts, sys.stdout))
+    except DelphiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Loading a fine-tuned model for generation: a training output (full model, or a LoRA/QLoRA adapter over its
+base) or an export directory, with its tokenizer and the run's resolved config.
+
+A LoRA or QLoRA output holds only the adapter (`adapter_config.json`); its base is loaded again in full precision
+(never 4-bit, so QLoRA chats run on any CPU) and the adapter is attached through peft. The resolved config says how
+the model was prompted in training; an export may not carry one, and then the caller picks a format from the
+tokenizer (`default_format_name`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import REPO_ROOT, TrainConfig, load_config
+from trainer.errors import ConfigError
+from trainer.models import TORCH_DTYPES, resize_embeddings
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class InferenceModel:
+    model: Any  # a transformers causal LM in eval mode (adapters merged unless asked otherwise)
+    tokenizer: Any
+    config: TrainConfig | None  # the run's resolved config; None for a directory without one
+    device: torch.device
+    notes: list[str] = field(default_factory=list)  # how it was loaded, one line each, for the user
+
+
+def load_for_inference(path: str | Path, *, device: str | None = None, dtype: torch.dtype | None = None,
+                       merge: bool = True) -> InferenceModel:
+    """The model and tokenizer in `path`, ready for `generate`.
+
+    `device` defaults to CUDA when present, else CPU; `dtype` to fp32 on CPU and the run's `dtype` on CUDA.
+    `merge` folds LoRA adapters into the base weights (faster generation); False keeps the peft model.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
+        raise ConfigError(f"--model: '{path}' holds neither config.json nor {ADAPTER_CONFIG}; expected a training "
+                          f"output or an exported model directory")
+    config = read_resolved_config(path)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.float32 if target.type == "cpu" or config is None else TORCH_DTYPES[config.dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model: '{path}' has no loadable tokenizer: {str(e).splitlines()[0]}") from None
+    notes = [f"config: {path / RESOLVED_CONFIG}" if config else f"config: none in {path}"]
+    if (path / ADAPTER_CONFIG).is_file():
+        model = _load_with_adapter(path, config, tokenizer, dtype, merge, notes)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        notes.append(f"model: {path} ({dtype})")
+    model.to(target).eval()
+    return InferenceModel(model, tokenizer, config, target, notes)
+
+
+
+def read_resolved_config(path: Path) -> TrainConfig | None:
+    """`resolved_config.yaml` of a run; a `checkpoint-N` directory uses its run's (the one beside it)."""
+    candidates = [path / RESOLVED_CONFIG]
+    if path.name.startswith("checkpoint-"):
+        candidates.append(path.parent / RESOLVED_CONFIG)
+    for file in candidates:
+        if file.is_file():
+            return load_config(["--config_file", str(file), "--configs", "resolved"], config_files=[])
+    return None
+
+
+def _load_with_adapter(path: Path, config: TrainConfig | None, tokenizer, dtype: torch.dtype, merge: bool,
+                       notes: list[str]):
+    """Base in full precision (also for QLoRA: the adapter's deltas apply to the dequantized weights' originals),
+    embeddings sized as training sized them, then the adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = _base_path(adapter.get("base_model_name_or_path"), path)
+    trust = bool(config and config.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust)
+    notes += resize_embeddings(model, tokenizer, config.pad_vocab_size_to_multiple_of if config else 16)
+    model = PeftModel.from_pretrained(model, path)
+    mode = config.mode if config else "lora"
+    notes.append(f"model: {mode} adapter {path} on base {base} ({dtype}{', merged' if merge else ''})")
+    return model.merge_and_unload() if merge else model
+
+
+def _base_path(name: str | None, adapter_dir: Path) -> str:
+    """The base as the adapter names it: a hub name or a directory, relative to where training ran, which is
+    usually the repository (so the repository is tried after the working directory)."""
+    if not name:
+        raise ConfigError(f"{adapter_dir / ADAPTER_CONFIG}: 'base_model_name_or_path' is empty; cannot find the "
+                          f"base model the adapter was trained on")
+    local = Path(name)
+    if local.is_absolute() or local.exists() or not (REPO_ROOT / local).exists():
+        return name
+    return str(REPO_ROOT / local)
+
+
+def default_format_name(tokenizer) -> str:
+    """For a model without a resolved config: OASST's chat tokens mean it was trained on them; else plain."""
+    return "oasst" if "<|prompter|>" in tokenizer.get_vocab() else "plain"
+
+
+def context_length(model, tokenizer) -> int:
+    """How many tokens one prompt plus its reply may span: the model's positions or the tokenizer's
+    `model_max_length` (training sets it to `max_length`), whichever is smaller."""
+    limits = [getattr(model.config, key) for key in ("max_position_embeddings", "max_seq_len", "n_positions")
+              if isinstance(getattr(model.config, key, None), int)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1e9:
+        limits.append(int(tokenizer.model_max_length))
+    if not limits:
+        raise ConfigError("the model config names no maximum positions and the tokenizer no model_max_length; "
+                          "cannot tell how long a chat may grow")
+    return min(limits)
