@@ -75,6 +75,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
         record["ipu_pipeline"] = ipu.pipeline_settings(
             model, tokenizer, fmt, sequence_length or min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH))
         ipu.write_ipu(model, tokenizer, out, max_shard_size, record["ipu_pipeline"]["sequence_length"])
+        print(ipu.describe(record["ipu_pipeline"]), flush=True)
     else:
         hf.write_hf(model, tokenizer, out, max_shard_size)
     del model

@@ -80,6 +80,21 @@ def pipeline_settings(model, tokenizer, prompt_format, sequence_length: int) -> 
     }
 
 
+def describe(settings: dict[str, Any]) -> str:
+    """The values a pipeline user must set, and a warning when the graph preset has to be edited to match."""
+    shape = settings["model_shape"]
+    lines = [f"IPU pipeline: config.model.embedding.vocab_size = {settings['vocab_size']}; "
+             f"DollyPipeline(config, sequence_length={settings['sequence_length']}, "
+             f"prompt_format={settings['prompt_format']!r}, end_key={settings['end_key']!r})",
+             f"  graph shape: layers {shape['layers']}, hidden {shape['hidden_size']}, heads {shape['heads']}, "
+             f"rotary dim {shape['rotary_dim']}"]
+    preset = {k: DOLLY_PRESET[k] for k in settings["differs_from_dolly_preset"]}
+    if preset:
+        lines.append(f"  warning: the shipped dolly preset has {preset}; nothing checks the preset against "
+                     f"config.json, so edit it to the values above")
+    return "\n".join(lines)
+
+
 def prompt_template(prompt_format) -> str:
     """The pipeline's `prompt_format`: the chat template around `{instruction}` (it calls str.format, so any
     other brace is doubled)."""

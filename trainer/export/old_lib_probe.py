@@ -22,7 +22,7 @@ def main(path: str, request_file: str, result_file: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     result = {
         "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-                     "torch": torch.__version__},
+                     "torch": str(torch.__version__)},
         "loading_info": {k: sorted(v) for k, v in loading.items()},
         "dtype": str(model.dtype), "tokenizer_class": type(tokenizer).__name__,
         "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
