@@ -159,3 +159,25 @@ def test_ipu_export_of_neox20b_vocab_loads_in_transformers_4_25(neox20b_tokenize
     assert result.record["verify"].endswith("equal on 3/3: ok")
     card = (out / "README.md").read_text()
     assert "EleutherAI/pythia-12b" in card and "vocab_size = 50288" in card
+
+
+def test_verify_names_the_file_at_fault(neox20b_tokenizer, tmp_path):
+    """A head saved under today's name and merges in today's pair form: 4.25.1 must say which file is wrong."""
+    from trainer.export.verify import load_problems, run_probe
+    from trainer.tiny import save_tiny_model
+
+    if not (REPO_ROOT / ".venv-ipu" / "bin" / "python").is_file():
+        pytest.skip("no .venv-ipu: `bash scripts/setup_ipu_env.sh` creates it (scripts/test.sh does)")
+    run = save_tiny_model(tmp_path / "run", "gpt_neox", neox20b_tokenizer)
+    out = export(run, tmp_path / "ipu", target="ipu", dtype="fp16").out
+    weights = torch.load(out / "pytorch_model.bin", weights_only=True)
+    weights["lm_head.weight"] = weights.pop("embed_out.weight")
+    torch.save(weights, out / "pytorch_model.bin")
+    problems = load_problems(run_probe(out, ["<|prompter|>Hi<|endoftext|><|assistant|>"], "<|endoftext|>"))
+    assert any(p.startswith("pytorch_model*.bin: tensors missing") and "embed_out.weight" in p for p in problems)
+
+    tokenizer_json = json.loads((out / "tokenizer.json").read_text())
+    tokenizer_json["model"]["merges"] = [m.split(" ") for m in tokenizer_json["model"]["merges"]]
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    with pytest.raises(ConfigError, match="tokenizer.json / tokenizer_config.json: AutoTokenizer"):
+        run_probe(out, ["Hi"], "<|endoftext|>")

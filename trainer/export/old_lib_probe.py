@@ -17,9 +17,15 @@ from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
 def main(path: str, request_file: str, result_file: str) -> None:
     request = json.load(open(request_file))
-    model, loading = GPTNeoXForCausalLM.from_pretrained(path, output_loading_info=True)
+    try:
+        model, loading = GPTNeoXForCausalLM.from_pretrained(path, output_loading_info=True)
+    except Exception as e:  # any failure is reported against the files it read
+        sys.exit(f"config.json / pytorch_model*.bin: GPTNeoXForCausalLM.from_pretrained failed: {e}")
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        sys.exit(f"tokenizer.json / tokenizer_config.json: AutoTokenizer.from_pretrained failed: {e}")
     result = {
         "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                      "torch": str(torch.__version__)},
