@@ -62,6 +62,8 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
+        """Logits decide; greedy agreement is reported (a cast may flip a near-tie without being wrong), and
+        `verify` requires it where both sides compute in fp32 on the same weights."""
         return self.max_diff <= self.tolerance
 
     def line(self) -> str:
