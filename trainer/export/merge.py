@@ -1,0 +1,62 @@
+"""Adapters merged into their base loaded in its original precision, never into 4-bit weights.
+
+A QLoRA run trained against an NF4 copy of the base; merging into those 4-bit weights would round most of the
+update away and leave a quantized checkpoint, so the base is reloaded unquantized from its own files (peft #1080,
+jondurbin/qlora `merge_weights.py`) and the adapter merged there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from trainer.errors import ConfigError
+from trainer.export.source import ADAPTER_CONFIG, EXPORT_RECORD, RunOutput
+from trainer.models import resize_embeddings
+
+
+def load_model(run: RunOutput, tokenizer):
+    """The full model, or the adapter merged into its base; in the checkpoint's own precision."""
+    from transformers import AutoModelForCausalLM
+
+    if not run.is_adapter:
+        return AutoModelForCausalLM.from_pretrained(run.path, dtype="auto",
+                                                    trust_remote_code=run.config.trust_remote_code)
+    return load_adapter_model(run, tokenizer).merge_and_unload()
+
+
+def load_adapter_model(run: RunOutput, tokenizer):
+    """The base (unquantized, original precision, rows resized as in training) with the adapter attached."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = Path(run.base_model)
+    refuse_merged_base(run, base)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(run.base_model, dtype="auto",
+                                                     trust_remote_code=run.config.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"{run.path}: cannot load the base model '{run.base_model}' ({str(e).splitlines()[0]}); "
+                          f"pass --base_model with its local directory") from None
+    resize_embeddings(model, tokenizer, run.config.pad_vocab_size_to_multiple_of)
+    return PeftModel.from_pretrained(model, run.path)
+
+
+def refuse_merged_base(run: RunOutput, base: Path) -> None:
+    """Merging an adapter twice adds its update twice; a base that is itself an adapter has no weights."""
+    if (base / ADAPTER_CONFIG).is_file():
+        raise ConfigError(f"base model '{base}' is itself a peft adapter; pass the model it was trained on "
+                          f"with --base_model")
+    record = base / EXPORT_RECORD
+    if record.is_file() and json.loads(record.read_text()).get("adapter_sha256") == run.adapter_sha256:
+        raise ConfigError(f"base model '{base}' already has the adapter {run.path} merged into it ({record}: "
+                          f"adapter_sha256 matches); export from the adapter's own base, or use '{base}' as is")
+
+
+def cast_parameters(model, dtype: torch.dtype) -> None:
+    """Parameters only: `.half()` would also cast the rotary `inv_freq` buffers, and the reloaded model (which
+    recomputes them in fp32) would then drift from the one that was checked."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    model.config.dtype = dtype

@@ -1,0 +1,106 @@
+"""What a training output or an export directory holds, read from its files so export needs no extra flags.
+
+A Delphi run directory has `resolved_config.yaml` (base model, prompt format, mode) beside either the full model
+or a peft adapter (`adapter_config.json`); an export directory has `delphi_export.json` and a copy of the
+resolved config. `load_for_inference` turns either into a model, its tokenizer and its prompt format.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from trainer.config import TrainConfig, load_config
+from trainer.errors import ConfigError
+
+EXPORT_RECORD = "delphi_export.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """A directory to export from."""
+
+    path: Path
+    config: TrainConfig  # the run's resolved config (defaults for a plain model directory)
+    kind: str  # "full", "lora" or "qlora"
+    base_model: str | None  # adapters only: the base the adapter was trained on
+    adapter_sha256: str | None  # adapters only: identifies the adapter, so a second merge can be refused
+    export_record: dict[str, Any] | None  # set when `path` is itself an export
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind != "full"
+
+
+def read_run(path: Path | str, base_model: str | None = None) -> RunOutput:
+    """Reads the run's resolved config and classifies it; `base_model` overrides where the adapter's base is."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such directory; expected a training output or an export directory")
+    config = read_config(path)
+    record = read_export_record(path)
+    if not (path / ADAPTER_CONFIG).is_file():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path}: neither a model (config.json) nor a peft adapter ({ADAPTER_CONFIG})")
+        return RunOutput(path, config, "full", None, None, record)
+    weights = [path / w for w in ADAPTER_WEIGHTS if (path / w).is_file()]
+    if not weights:
+        raise ConfigError(f"{path}/{ADAPTER_CONFIG}: found, but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    adapter = json.loads((path / ADAPTER_CONFIG).read_text())
+    base = base_model or config.model_name or adapter.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{path}/{RESOLVED_CONFIG}: model_name is not set and {ADAPTER_CONFIG} has no "
+                          f"base_model_name_or_path; pass --base_model")
+    kind = config.mode if config.mode in ("lora", "qlora") else "lora"
+    return RunOutput(path, config, kind, base, file_sha256(weights[0]), record)
+
+
+def read_config(path: Path) -> TrainConfig:
+    resolved = path / RESOLVED_CONFIG
+    if not resolved.is_file():
+        return TrainConfig(model_name=str(path))
+    return load_config(["--config_file", str(resolved), "--configs", "resolved"], config_files=[])
+
+
+def read_export_record(path: Path) -> dict[str, Any] | None:
+    record = path / EXPORT_RECORD
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{record}: not valid JSON ({e})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ForInference(NamedTuple):
+    model: Any  # a transformers causal LM in eval mode, adapters (if any) merged in memory
+    tokenizer: Any
+    prompt_format: Any  # trainer.data.formats.PromptFormat: .name, .end_key, .generation_prompt(turns, system)
+
+
+def load_for_inference(path: Path | str, dtype: Any = None) -> ForInference:
+    """A training output (full or adapter) or an export, ready to generate with; `dtype` None keeps the
+    checkpoint's own. Adapters are merged into their base in its original precision (a QLoRA base unquantized)."""
+    from trainer.data.formats import prompt_format
+    from trainer.export.merge import cast_parameters, load_model
+    from trainer.tokens import load_tokenizer
+
+    run = read_run(path)
+    tokenizer = load_tokenizer(str(run.path))
+    model = load_model(run, tokenizer)
+    if dtype is not None:
+        cast_parameters(model, dtype)
+    return ForInference(model.eval(), tokenizer, prompt_format(run.config, tokenizer))
