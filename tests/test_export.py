@@ -13,7 +13,8 @@ from trainer.config import REPO_ROOT, TrainConfig, write_resolved
 from trainer.errors import ConfigError
 from trainer.export.check import check_prompts, prompt_ids, run_prompts
 from trainer.export.cli import export, main
-from trainer.export.source import load_for_inference
+from trainer.data.formats import prompt_format
+from trainer.inference import load_for_inference
 
 
 def tree_hashes(directory: Path) -> dict[str, str]:
@@ -70,8 +71,9 @@ def test_lora_merge_reproduces_adapter_and_leaves_base_untouched(lora_run, tiny_
     assert {"model.safetensors", "tokenizer.json", "delphi_export.json", "README.md"} <= names
     assert "adapter_config.json" not in names
     loaded = load_for_inference(tmp_path / "merged")
-    assert loaded.prompt_format.name == "oasst"
-    ids = prompt_ids(loaded.tokenizer, check_prompts(loaded.prompt_format))
+    fmt = prompt_format(loaded.config, loaded.tokenizer)
+    assert fmt.name == "oasst"
+    ids = prompt_ids(loaded.tokenizer, check_prompts(fmt))
     merged_logits = run_prompts(loaded.model, ids).logits
     adapter_logits, base_logits = adapter_reference(lora_run, base, tokenizer)
     for merged, adapted, plain in zip(merged_logits, adapter_logits, base_logits):
@@ -103,7 +105,7 @@ def test_qlora_merges_into_the_unquantized_base(tiny_model_dir, tokenizer, tmp_p
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert not any(word in k for k in weights for word in ("lora_", "absmax", "quant_", "base_layer"))
     loaded = load_for_inference(tmp_path / "merged")
-    ids = prompt_ids(loaded.tokenizer, check_prompts(loaded.prompt_format))
+    ids = prompt_ids(loaded.tokenizer, check_prompts(prompt_format(loaded.config, loaded.tokenizer)))
     adapter_logits, _ = adapter_reference(run, base, tokenizer)
     for merged, adapted in zip(run_prompts(loaded.model, ids).logits, adapter_logits):
         torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)

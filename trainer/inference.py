@@ -79,20 +79,28 @@ def read_resolved_config(path: Path) -> TrainConfig | None:
 
 def _load_with_adapter(path: Path, config: TrainConfig | None, tokenizer, dtype: torch.dtype, merge: bool,
                        notes: list[str]):
-    """Base in full precision (also for QLoRA: the adapter's deltas apply to the dequantized weights' originals),
-    embeddings sized as training sized them, then the adapter."""
+    adapter = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = _base_path(adapter.get("base_model_name_or_path"), path)
+    model = load_base_with_adapter(path, base, config, tokenizer, dtype)
+    notes.append(f"model: {config.mode if config else 'lora'} adapter {path} on base {base} "
+                 f"({dtype}{', merged' if merge else ''})")
+    return model.merge_and_unload() if merge else model
+
+
+def load_base_with_adapter(adapter_dir: Path, base: str, config: TrainConfig | None, tokenizer, dtype):
+    """The base in full precision (a QLoRA base too: its adapter's deltas apply to the original weights, never
+    merged into 4-bit ones), embedding rows sized as training sized them, then the peft adapter attached."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = _base_path(adapter.get("base_model_name_or_path"), path)
     trust = bool(config and config.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust)
-    notes += resize_embeddings(model, tokenizer, config.pad_vocab_size_to_multiple_of if config else 16)
-    model = PeftModel.from_pretrained(model, path)
-    mode = config.mode if config else "lora"
-    notes.append(f"model: {mode} adapter {path} on base {base} ({dtype}{', merged' if merge else ''})")
-    return model.merge_and_unload() if merge else model
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust)
+    except OSError as e:
+        raise ConfigError(f"{adapter_dir}: cannot load the base model '{base}' ({str(e).splitlines()[0]}); "
+                          f"pass its local directory") from None
+    resize_embeddings(model, tokenizer, config.pad_vocab_size_to_multiple_of if config else 16)
+    return PeftModel.from_pretrained(model, adapter_dir)
 
 
 def _base_path(name: str | None, adapter_dir: Path) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from trainer.errors import ConfigError
 from trainer.export.source import ADAPTER_CONFIG, EXPORT_RECORD, RunOutput
-from trainer.models import resize_embeddings
+from trainer.inference import load_base_with_adapter
 
 
 def load_model(run: RunOutput, tokenizer):
@@ -28,19 +28,8 @@ def load_model(run: RunOutput, tokenizer):
 
 def load_adapter_model(run: RunOutput, tokenizer):
     """The base (unquantized, original precision, rows resized as in training) with the adapter attached."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = Path(run.base_model)
-    refuse_merged_base(run, base)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(run.base_model, dtype="auto",
-                                                     trust_remote_code=run.config.trust_remote_code)
-    except OSError as e:
-        raise ConfigError(f"{run.path}: cannot load the base model '{run.base_model}' ({str(e).splitlines()[0]}); "
-                          f"pass --base_model with its local directory") from None
-    resize_embeddings(model, tokenizer, run.config.pad_vocab_size_to_multiple_of)
-    return PeftModel.from_pretrained(model, run.path)
+    refuse_merged_base(run, Path(run.base_model))
+    return load_base_with_adapter(run.path, run.base_model, run.config, tokenizer, "auto")
 
 
 def refuse_merged_base(run: RunOutput, base: Path) -> None:

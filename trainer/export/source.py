@@ -2,7 +2,7 @@
 
 A Delphi run directory has `resolved_config.yaml` (base model, prompt format, mode) beside either the full model
 or a peft adapter (`adapter_config.json`); an export directory has `delphi_export.json` and a copy of the
-resolved config. `load_for_inference` turns either into a model, its tokenizer and its prompt format.
+resolved config; `trainer.inference.load_for_inference` loads either for generation.
 """
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from trainer.config import TrainConfig, load_config
+from trainer.config import TrainConfig
 from trainer.errors import ConfigError
+from trainer.inference import ADAPTER_CONFIG, RESOLVED_CONFIG, read_resolved_config
 
 EXPORT_RECORD = "delphi_export.json"
-RESOLVED_CONFIG = "resolved_config.yaml"
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -61,10 +60,8 @@ def read_run(path: Path | str, base_model: str | None = None) -> RunOutput:
 
 
 def read_config(path: Path) -> TrainConfig:
-    resolved = path / RESOLVED_CONFIG
-    if not resolved.is_file():
-        return TrainConfig(model_name=str(path))
-    return load_config(["--config_file", str(resolved), "--configs", "resolved"], config_files=[])
+    """The run's resolved config; a plain model directory without one gets the defaults, named after itself."""
+    return read_resolved_config(path) or TrainConfig(model_name=str(path))
 
 
 def read_export_record(path: Path) -> dict[str, Any] | None:
@@ -83,24 +80,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class ForInference(NamedTuple):
-    model: Any  # a transformers causal LM in eval mode, adapters (if any) merged in memory
-    tokenizer: Any
-    prompt_format: Any  # trainer.data.formats.PromptFormat: .name, .end_key, .generation_prompt(turns, system)
-
-
-def load_for_inference(path: Path | str, dtype: Any = None) -> ForInference:
-    """A training output (full or adapter) or an export, ready to generate with; `dtype` None keeps the
-    checkpoint's own. Adapters are merged into their base in its original precision (a QLoRA base unquantized)."""
-    from trainer.data.formats import prompt_format
-    from trainer.export.merge import cast_parameters, load_model
-    from trainer.tokens import load_tokenizer
-
-    run = read_run(path)
-    tokenizer = load_tokenizer(str(run.path))
-    model = load_model(run, tokenizer)
-    if dtype is not None:
-        cast_parameters(model, dtype)
-    return ForInference(model.eval(), tokenizer, prompt_format(run.config, tokenizer))
