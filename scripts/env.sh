@@ -5,4 +5,7 @@ export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="$root/.cache/wandb" WANDB_
        WANDB_CONFIG_DIR="$root/.cache/wandb-config"
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" TORCH_EXTENSIONS_DIR="$root/.cache/torch-extensions" \
        TORCHINDUCTOR_CACHE_DIR="$root/.cache/inductor" PIP_CACHE_DIR="$root/.cache/pip"
-export DELPHI_REFERENCE_DATA="${DELPHI_REFERENCE_DATA:-$root/../shared/data}"
+# Third-party reference files (never copied here): ../shared/data when it is there; tests needing it skip otherwise.
+if [ -z "${DELPHI_REFERENCE_DATA:-}" ] && [ -d "$root/../shared/data" ]; then
+  export DELPHI_REFERENCE_DATA=$(cd "$root/../shared/data" && pwd)
+fi
