@@ -347,8 +347,11 @@ def write_manifest(sweep: Sweep, trials: list[Trial]) -> None:
         "trials": [t.name for t in trials]}, indent=1))
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run every trial not yet finished, in order; a failure is recorded and the next trial starts."""
+def run_sweep(sweep: Sweep, dry_run: bool = False, retry_failed: bool = False) -> list[dict[str, Any]]:
+    """Run every trial not yet finished, in order; a failure is recorded and the next trial starts.
+
+    A trial left `running` (the sweep was killed) resumes; a `failed` one keeps its record unless `retry_failed`:
+    its cause (a bad path, a crash) usually needs fixing first."""
     trials = plan(sweep)
     for trial in trials:
         done = read_state(trial.directory)
@@ -364,8 +367,8 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[dict[str, Any]]:
         flags = " ".join(f"--{k}={format_value(v)}" for k, v in trial.params.items())
         if dry_run:
             print(f"[{trial.index}] {trial.name} ({status}): {flags}")
-        elif status == "finished":
-            print(f"[{trial.index}] {trial.name}: finished already, skipped")
+        elif status == "finished" or (status == "failed" and not retry_failed):
+            print(f"[{trial.index}] {trial.name}: {status} already, skipped")
         else:
             print(f"[{trial.index}] {trial.name}: {'resuming' if status != 'new' else 'starting'} {flags}",
                   flush=True)
@@ -408,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run every trial not finished yet, then write the report")
     run.add_argument("sweep_file", type=Path)
     run.add_argument("--dry-run", action="store_true", help="list the trials and their overrides, run nothing")
+    run.add_argument("--retry-failed", action="store_true", help="run failed trials again (they resume)")
     export = sub.add_parser("wandb", help="write the equivalent wandb sweep configuration")
     export.add_argument("sweep_file", type=Path)
     export.add_argument("--output", type=Path, help="default: <sweep output_dir>/wandb_sweep.yaml")
@@ -428,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(yaml.safe_dump(wandb_config(sweep), sort_keys=False))
             print(f"{out}\nthen, from {REPO_ROOT}: wandb sweep {out} && wandb agent <sweep id>")
             return 0
-        states = run_sweep(sweep, dry_run=args.dry_run)
+        states = run_sweep(sweep, dry_run=args.dry_run, retry_failed=args.retry_failed)
         if not args.dry_run:
             from trainer.sweep_report import write_report
 

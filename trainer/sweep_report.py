@@ -65,7 +65,7 @@ def table(manifest: dict[str, Any], results: list[TrialResult]) -> list[dict[str
         eval_losses = [v for _, v in r.series("eval_loss")]
         losses = r.series("loss")
         peaks = [v for _, v in r.series("peak_memory_gib")] + [r.summary("final/peak_memory_gib") or 0.0]
-        rows.append({
+        rows.append({  # with metric `eval_loss`, its column is also the "best" or "final eval_loss" one
             "trial": r.name, **{k: r.params.get(k) for k in manifest["parameters"]}, "status": r.status,
             f"{metric.summary} {metric.name}": r.value(metric),
             "best eval_loss": min(eval_losses) if eval_losses else None,
@@ -138,7 +138,7 @@ def metric_figure(manifest: dict[str, Any], results: list[TrialResult]):
         xs = [r.params[key] for r, _ in scored]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
         ax.scatter(xs if numeric else [str(x) for x in xs], [v for _, v in scored])
-        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 100:
+        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         ax.set(xlabel=key, ylabel=f"{metric.summary} {metric.name}")
     return fig
