@@ -45,7 +45,8 @@ def grid(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
     path = write_sweep(tmp, tiny_model_dir("gpt_neox"), "grid", parameters={
         "learning_rate": ["1e-3", 1e-2], "warmup_steps": [0, 2]},
-        metric={"name": "eval_loss", "goal": "minimize", "summary": "best"}, run_name="lr{learning_rate}-w{warmup_steps}")
+        metric={"name": "eval_loss", "goal": "minimize", "summary": "best"},
+        run_name="lr{learning_rate}-w{warmup_steps}")
     pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (a project dependency)")
     first = main(["run", str(path)])
     logs = {p: p.stat().st_mtime_ns for p in (tmp / "grid").glob("*/train.log")}
@@ -82,7 +83,7 @@ def test_the_report_table_holds_each_trials_own_metrics_sorted_by_the_metric(gri
     for row in rows:
         metrics = read_jsonl(out / row["trial"] / "metrics.jsonl")
         evals = [r["eval_loss"] for r in metrics if "eval_loss" in r]
-        assert float(row["best eval_loss"]) == min(evals) == float(row["best eval_loss"])
+        assert float(row["best eval_loss"]) == min(evals)
         assert float(row["final eval_loss"]) == evals[-1]
         assert float(row["final train loss"]) == [r["loss"] for r in metrics if "loss" in r][-1]
         final = next(r for r in metrics if "final/trained_tokens_per_second" in r)

@@ -110,7 +110,7 @@ class Trial:
 # ----------------------------------------------------------------------------------------------------------
 # Reading and checking the sweep file
 
-def _key_lines(path: Path, text: str) -> dict[str, int]:
+def _key_lines(text: str) -> dict[str, int]:
     """Line of every top-level key and of every key one level down (`parameters.learning_rate`)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     lines: dict[str, int] = {}
@@ -176,7 +176,7 @@ def load_sweep(path: Path | str) -> Sweep:
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
-        lines = _key_lines(path, text)
+        lines = _key_lines(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
     except yaml.YAMLError as e:
