@@ -8,6 +8,8 @@ Parse the config, load tokenizer and model, build the data, train. Bad input pri
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 
 from trainer.config import TrainConfig, resolve, split_argv
@@ -28,6 +30,9 @@ def sampler_factory(config: TrainConfig, built):
 def run(argv: list[str]) -> None:
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     config = resolve(split_argv(argv, extra_options={"local_rank": True}))
+    # A wandb agent starts every run with the same command: `--output_dir=outputs/sweeps/x/$WANDB_RUN_ID` (from
+    # `python -m trainer.sweep wandb`) gives each its own directory, so none resumes another's checkpoints.
+    config = dataclasses.replace(config, output_dir=os.path.expandvars(config.output_dir))
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -58,14 +58,25 @@ class RunLog:
 
 
 class RunLogCallback(TrainerCallback):
-    """Every `Trainer.log` call (training, evaluation, the end of training) goes to the run log."""
+    """Every `Trainer.log` call (training, evaluation, the end of training) goes to the run log.
 
-    def __init__(self, run_log: RunLog):
+    The Trainer evaluates and logs each validation set on its own (`eval_<name>_loss`); once all of a step's are
+    in, their mean is logged as `eval_loss`, the one overall figure a sweep (or a wandb agent) can rank runs by.
+    """
+
+    def __init__(self, run_log: RunLog, eval_names: Sequence[str] = ()):
         self.run_log = run_log
+        self.eval_keys = [f"eval_{name}_loss" for name in eval_names]
+        self.pending: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self.run_log.log(dict(logs), state.global_step)
+        if not (state.is_world_process_zero and logs):
+            return
+        self.run_log.log(dict(logs), state.global_step)
+        self.pending.update({k: logs[k] for k in self.eval_keys if k in logs})
+        if self.eval_keys and len(self.pending) == len(self.eval_keys):
+            self.run_log.log({"eval_loss": sum(self.pending.values()) / len(self.pending)}, state.global_step)
+            self.pending = {}
 
 
 class TokenProgressCallback(ProgressCallback):

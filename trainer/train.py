@@ -151,7 +151,7 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
     trainer = DelphiTrainer(
         model=model, args=args, processing_class=tokenizer, data_collator=collator,
         train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,
-        sampler_factory=sampler_factory, callbacks=[RunLogCallback(run_log), *callbacks])
+        sampler_factory=sampler_factory, callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokenProgressCallback())
 
