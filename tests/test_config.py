@@ -101,5 +101,23 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_bundled_section_is_valid():
     from trainer.config import read_sections
 
-    for name in read_sections(sorted(CONFIG_DIR.glob("*.yaml"))):
-        load_config(["--configs", name])
+    for name, section in read_sections(sorted(CONFIG_DIR.glob("*.yaml"))).items():
+        config = load_config(["--configs", name])
+        for key, value in section.values.items():
+            if key != "datasets" and value is not None:
+                assert getattr(config, key) == type(getattr(config, key))(value), (name, key)
+
+
+def test_out_of_range_values_name_their_origin_and_every_dataset_is_checked(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("r:\n  max_length: 0\n  datasets:\n    - alpaca: {fraction: 2}\n    - oasst_export: {top_k: 0}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["--configs", "r", "--config_file", str(f), "--learning_rate", "-1"])
+    msg = str(e.value)
+    assert f"{f}:3 (section 'r'): datasets[0] (alpaca): 'fraction' must be in (0, 1], got 2.0" in msg
+    assert "datasets[1] (oasst_export): 'top_k' must be at least 1, got 0" in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(["--configs", "r", "--config_file", str(f), "--learning_rate", "-1", "--datasets", "[]"])
+    msg = str(e.value)
+    assert f"{f}:2 (section 'r'): 'max_length' must be at least 1, got 0" in msg
+    assert "command line --learning_rate: 'learning_rate' must be greater than 0, got -1.0" in msg

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import sys
 import types
 import typing
@@ -40,6 +39,14 @@ RETIRED_OASST_KEYS = {
     "eval_accumulation_steps": "evaluation keeps no logits, so there is nothing to accumulate",
     "freeze_layer": "use LoRA to train a subset of the weights",
 }
+
+
+class FieldProblems(ConfigError):
+    """Out-of-range values found when a TrainConfig is built; `build_config` adds where each value came from."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("invalid config:\n  " + "\n  ".join(f"'{k}' {m}" for k, m in problems))
+        self.problems = problems
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,14 +203,21 @@ class TrainConfig:
                      "gradient_accumulation_steps", "pad_vocab_size_to_multiple_of", "eval_steps", "save_steps",
                      "logging_steps", "lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
-                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.val_max_length is not None and self.val_max_length < 1:
-            problems.append(f"val_max_length: must be at least 1, got {self.val_max_length}")
+                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
+        for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                problems.append((name, f"must be at least 0, got {getattr(self, name)}"))
+        for name in ("learning_rate", "num_train_epochs"):
+            if getattr(self, name) <= 0:
+                problems.append((name, f"must be greater than 0, got {getattr(self, name)}"))
+        if self.val_max_length is not None and not 1 <= self.val_max_length <= self.max_length:
+            problems.append(("val_max_length", f"must be in 1..max_length ({self.max_length}): evaluation batches "
+                                               f"are collated like training ones, got {self.val_max_length}"))
         for name in ("residual_dropout", "lora_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+                problems.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise FieldProblems(problems)
 
     @property
     def effective_tokenizer_name(self) -> str | None:
@@ -388,21 +402,22 @@ def parse_datasets(items: Any, where: str) -> tuple[DatasetConfig, ...]:
             problems.append(f"{here}: options of '{name}' must be a mapping, got {options!r}")
             continue
         allowed = COMMON_DATASET_OPTIONS | DATASET_KINDS[name].options
-        kwargs = {}
+        kwargs, entry_problems = {}, []
         for key, value in options.items():
             if key not in allowed:
                 other = [k for k, kind in DATASET_KINDS.items() if key in kind.options]
                 hint = f"; it applies to {', '.join(other)} only" if other else _nearest(key, allowed)
-                problems.append(f"{here} ({name}): unknown option '{key}'{hint}")
+                entry_problems.append(f"{here} ({name}): unknown option '{key}'{hint}")
                 continue
             try:
                 kwargs[key] = coerce(value, _DATASET_TYPES[key], key, f"{here} ({name})")
             except ConfigError as e:
-                problems.append(str(e))
-        if not problems:
+                entry_problems.append(str(e))
+        if not entry_problems:
             ds = DatasetConfig(name=name, **kwargs)
-            problems += _check_dataset(ds, f"{here} ({name})")
+            entry_problems = _check_dataset(ds, f"{here} ({name})")
             out.append(ds)
+        problems += entry_problems
     if problems:
         raise ConfigError("\n".join(problems))
     return tuple(out)
@@ -444,7 +459,11 @@ def build_config(values: dict[str, Any], origins: dict[str, str]) -> TrainConfig
             problems.append(str(e))
     if problems:
         raise ConfigError("\n".join(problems))
-    return TrainConfig(**kwargs)
+    try:
+        return TrainConfig(**kwargs)
+    except FieldProblems as e:
+        raise ConfigError("\n".join(f"{origins.get(key, 'config')}: '{key}' {message}"
+                                     for key, message in e.problems)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -543,7 +562,3 @@ def write_resolved(config: TrainConfig, directory: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"resolved": config.to_dict()}, sort_keys=False, allow_unicode=True))
     return path
-
-
-def config_fingerprint(config: TrainConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True, default=str)
