@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import os
 import sys
 
 from trainer.config import TrainConfig, resolve, split_argv
@@ -42,6 +43,8 @@ def run(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(config.effective_tokenizer_name, config.max_length)
     loaded = load_model(config, tokenizer)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(loaded.notes), flush=True)
     built = build_datasets(config, tokenizer)
     collator = training_collator(config, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
     report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}

@@ -15,6 +15,13 @@ from transformers.trainer_callback import ProgressCallback
 from trainer.config import TrainConfig
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows a RunLog wrote (none if the file is missing), for reports and model cards."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def wants_wandb(config: TrainConfig) -> bool:
     return config.log_wandb and config.report_to == "wandb"
 

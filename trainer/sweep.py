@@ -292,7 +292,8 @@ def plan(sweep: Sweep) -> list[Trial]:
 
 
 def command(sweep: Sweep, trial: Trial) -> list[str]:
-    """`python [launcher] trainer_sft.py ARGS`, run from the repository root."""
+    """`python [launcher] trainer_sft.py ARGS`, in the working directory the sweep was started from (where its
+    relative paths were checked)."""
     overrides = trial_overrides(sweep, trial.name, trial.params, trial.directory)
     return [sys.executable, *LAUNCHERS[sweep.launcher], *sweep.launcher_args, str(REPO_ROOT / "trainer_sft.py"),
             *base_args(sweep), *(f"--{k}={format_value(v)}" for k, v in overrides.items())]
@@ -326,7 +327,7 @@ def run_trial(sweep: Sweep, trial: Trial) -> dict[str, Any]:
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command(sweep, trial))}\n")
         log.flush()
-        code = subprocess.run(command(sweep, trial), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        code = subprocess.run(command(sweep, trial), stdout=log, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL).returncode
     state["wall_seconds"] += time.monotonic() - started
     state.update(status="finished" if code == 0 else "failed", returncode=code)

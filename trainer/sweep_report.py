@@ -14,6 +14,7 @@ from typing import Any
 
 from trainer.errors import ConfigError
 from trainer.sweep import Metric, read_state
+from trainer.run_log import read_metrics
 
 
 @dataclass
@@ -49,8 +50,7 @@ def read_results(sweep_dir: Path) -> tuple[dict[str, Any], list[TrialResult]]:
     for name in manifest["trials"]:
         directory = sweep_dir / name
         state = read_state(directory)
-        metrics = directory / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
+        rows = read_metrics(directory / "metrics.jsonl")
         error = state.get("error", "").strip().splitlines()
         results.append(TrialResult(name, state.get("params", {}), state.get("status", "not started"),
                                    state.get("wall_seconds", 0.0), error[-1] if error else "", rows))

@@ -24,20 +24,25 @@ def main(argv: list[str]) -> int:
 
     datasets.disable_progress_bars()
     args = split_argv(argv, OPTIONS)
+    examples = args.extra.get("examples", "2")
+    if not str(examples).isdigit():
+        raise DelphiError(f"--examples must be a number of samples (0 or more), got {examples!r}")
+    dump = Path(args.extra["dump"]) if "dump" in args.extra else None
+    if dump is not None and not dump.parent.is_dir():
+        raise DelphiError(f"--dump {dump}: the directory {dump.parent} does not exist")
     config = resolve(args)
     if not config.datasets:
         raise DelphiError("the config names no datasets: add a section with a `datasets:` list to --configs")
     tokenizer = load_tokenizer(config.effective_tokenizer_name)
     built = build_datasets(config, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
-    print(format_report(built, figures, tokenizer, int(args.extra.get("examples", 2))))
+    print(format_report(built, figures, tokenizer, int(examples)))
     out = Path(config.output_dir)
     write_resolved(config, out)
     (out / "data_report.json").write_text(json.dumps(dict(zip((b.name for b in built), figures)), indent=1))
     print(f"report and resolved config written to {out}/")
-    if "dump" in args.extra:
-        n = write_dump(args.extra["dump"], built, tokenizer)
-        print(f"{n:,} samples dumped to {args.extra['dump']}")
+    if dump is not None:
+        print(f"{write_dump(dump, built, tokenizer):,} samples dumped to {dump}")
     return 0
 
 

@@ -10,8 +10,8 @@ import dataclasses
 import gc
 import hashlib
 import json
-import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +36,6 @@ SCHEMA = pa.schema([("input_ids", pa.large_list(pa.int32())), ("labels", pa.larg
 @dataclass
 class BuiltDataset:
     name: str  # unique per entry: "alpaca", or "alpaca#2" for a second alpaca entry
-    config: DatasetConfig
     train: "datasets.Dataset"  # columns input_ids, labels (int32 lists), length, trained
     val: "datasets.Dataset"
     counts: dict[str, int]  # per filter and per encoding step, in order
@@ -71,12 +70,13 @@ def _build_one(name, ds, config, tokenizer, fmt, encoder, rebuild) -> BuiltDatas
     path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
     from_cache = not rebuild and (path / "counts.json").is_file()
     if not from_cache:
-        shutil.rmtree(path, ignore_errors=True)  # a rebuild replaces the old copy
+        if rebuild:
+            shutil.rmtree(path, ignore_errors=True)
         with _collector_paused():
             _write_atomically(path, lambda tmp: _tokenize_source(ds, config, fmt, encoder, tmp, key))
     meta = json.loads((path / "counts.json").read_text())
     train, val = (datasets.Dataset.from_file(str(path / f"{split}.arrow")) for split in SPLITS)
-    return BuiltDataset(name, ds, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
+    return BuiltDataset(name, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
                         meta["skipped"])
 
 
@@ -155,9 +155,8 @@ def _to_table(samples) -> pa.Table:
 def _write_atomically(path: Path, write) -> None:
     """Write beside the target and rename, so a killed run never leaves a half-written cache behind; ranks that
     build the same dataset at once each write their own copy and the first rename wins."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{path.name}.tmp"))
     write(tmp)
     try:
         tmp.rename(path)

@@ -35,7 +35,6 @@ class SourceData:
     train: list[Conversation]
     val: list[Conversation]
     counts: dict[str, int]  # per-filter counts, in report order
-    files: list[Path] = field(default_factory=list)  # the files actually read, for cache keys
     skipped: list[str] = field(default_factory=list)  # the first skipped records, each with file:line and why
 
 
@@ -55,10 +54,8 @@ def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
 def load_source(ds: DatasetConfig, cache_dir: str, hub_timeout: float = 10.0) -> SourceData:
     """Read, filter and split one dataset entry; an entry left with no samples is an error."""
     bad = BadRecords(skip=ds.skip_bad_lines)
-    files: list[Path] = []
     if ds.input_file_path:
         path = resolve_input_path(ds.input_file_path, cache_dir)
-        files.append(path)
         where = str(path)
         rows: Iterable[tuple[str, dict[str, Any]]] = (
             (f"{path}:{line}", record) for line, record in read_records(path, bad))
@@ -66,7 +63,6 @@ def load_source(ds: DatasetConfig, cache_dir: str, hub_timeout: float = 10.0) ->
         where = f"hub dataset '{ds.effective_hub_name}'"
         rows = _hub_rows(ds, hub_timeout)
     data = _load_oasst(ds, rows, bad) if ds.name == "oasst_export" else _load_records(ds, rows, bad)
-    data.files = files
     data.counts["bad_records_skipped"] = bad.count
     data.skipped = bad.first
     if not data.train and not data.val:

@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from trainer.export.source import EXPORT_RECORD, RESOLVED_CONFIG, RunOutput
+from trainer.run_log import read_metrics
 
 
 def eval_losses(run_dir: Path) -> dict[str, float]:
     """The last logged value of every `eval_*loss` metric in the run's metrics.jsonl."""
     losses: dict[str, float] = {}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            row = json.loads(line)
-            losses.update({k: v for k, v in row.items() if k.startswith("eval_") and k.endswith("loss")})
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        losses.update({k: v for k, v in row.items() if k.startswith("eval_") and k.endswith("loss")})
     return losses
 
 

@@ -41,6 +41,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if target == "ipu" and dtype == "bf16":
         raise ConfigError("--dtype bf16 with --target ipu: the pipeline converts weights through numpy, which has "
                           "no bf16; use fp16 (or fp32)")
+    if verify and target != "ipu":
+        raise ConfigError("--verify checks an IPU export against transformers 4.25.1; use it with --target ipu")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty; export writes a fresh directory")
     run = read_run(source, base_model)
@@ -73,7 +75,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if target == "ipu":
         ipu.check_tokens(tokenizer, fmt.end_key)
         record["ipu_pipeline"] = ipu.pipeline_settings(
-            model, tokenizer, fmt, sequence_length or min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH))
+            model, tokenizer, fmt, sequence_length if sequence_length is not None else min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH))
         ipu.write_ipu(model, tokenizer, out, max_shard_size, record["ipu_pipeline"]["sequence_length"])
         print(ipu.describe(record["ipu_pipeline"]), flush=True)
     else:
@@ -93,8 +95,6 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if (run.path / RESOLVED_CONFIG).is_file():
         shutil.copy(run.path / RESOLVED_CONFIG, out / RESOLVED_CONFIG)
     if verify:
-        if target != "ipu":
-            raise ConfigError("--verify checks an IPU export against transformers 4.25.1; use it with --target ipu")
         from trainer.export.verify import verify_ipu
 
         verified = verify_ipu(out, texts, ids, exported, fmt.end_key)
