@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.data import collate
-from trainer.data.collate import IGNORE_INDEX, DataCollator, TokenCounts, packing_isolation
+from trainer.data.collate import IGNORE_INDEX, DataCollator, packing_isolation
 from trainer.errors import ConfigError, DataError
 
 TEXTS = [
@@ -48,7 +48,7 @@ def test_docstring_examples_hold():
 def test_padding_to_the_longest_with_masked_labels(samples, tokenizer):
     batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512)(samples[:3])
     lengths = [len(s["input_ids"]) for s in samples[:3]]
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "num_real_tokens"}
     assert batch["input_ids"].shape == batch["labels"].shape == (3, max(lengths))
     assert batch["input_ids"].dtype == torch.long
     for row, (sample, length) in enumerate(zip(samples, lengths)):
@@ -69,8 +69,10 @@ def test_padding_rounds_up_to_the_multiple(samples, tokenizer):
 def test_objects_and_lists_are_accepted_like_dicts(samples):
     as_objects = [SimpleNamespace(input_ids=s["input_ids"].tolist(), labels=s["labels"].tolist()) for s in samples]
     collator = DataCollator(pad_token_id=1, max_length=512)
-    for key, value in collator(as_objects).items():
-        assert torch.equal(value, collator(samples)[key])
+    from_objects, from_dicts = collator(as_objects), collator(samples)
+    assert from_objects.keys() == from_dicts.keys()
+    for key, value in from_objects.items():
+        assert torch.equal(value, from_dicts[key]) if torch.is_tensor(value) else value == from_dicts[key]
 
 
 @pytest.mark.parametrize("sample, message", [
@@ -119,21 +121,16 @@ def test_packing_places_every_sample_once_within_max_length(samples, tokenizer, 
             assert set(ids) == {tokenizer.pad_token_id} and end == width
             assert (batch["labels"][row, start:end] == IGNORE_INDEX).all()
     assert sorted(found) == list(range(len(samples)))
-    real = sum(len(s["input_ids"]) for s in samples)
-    assert collator.token_counts(samples) == TokenCounts(
-        real=real, padding=rows * width - real,
-        trained=sum(int((s["labels"][1:] != IGNORE_INDEX).sum()) for s in samples))
+    assert batch["num_real_tokens"] == sum(len(s["input_ids"]) for s in samples)
+    assert collator.padded_size([len(s["input_ids"]) for s in samples]) == rows * width
     assert batch["use_cache"] is False
 
 
 def test_token_counts_match_the_padded_batch(samples, tokenizer):
     collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512, pad_to_multiple_of=8)
-    batch, counts = collator(samples), collator.token_counts(samples)
-    assert counts.real == batch["attention_mask"].sum().item()
-    assert counts.padding == (batch["attention_mask"] == 0).sum().item()
-    assert counts.trained == (batch["labels"][:, 1:] != IGNORE_INDEX).sum().item()
-    assert counts.padding_fraction == pytest.approx(counts.padding / batch["input_ids"].numel())
-    assert (counts + counts).real == 2 * counts.real
+    batch = collator(samples)
+    assert batch["num_real_tokens"] == batch["attention_mask"].sum().item()
+    assert collator.padded_size([len(s["input_ids"]) for s in samples]) == batch["input_ids"].numel()
 
 
 def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

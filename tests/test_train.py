@@ -13,9 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from train_samples import PadCollator, qa_samples
+from train_samples import collator, distributed_sampler, qa_samples
 from trainer.config import TrainConfig
-from trainer.delphi_trainer import distributed_sampler
 from trainer.train import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +30,7 @@ def tiny_config(tmp_path: Path, model_dir: Path, **overrides) -> TrainConfig:
 
 def run(config, tokenizer, train_sets, val_sets=None, shuffle=True, callbacks=(), data_report=None):
     model = AutoModelForCausalLM.from_pretrained(config.model_name)
-    return train(config, model, tokenizer, train_sets, val_sets or {}, PadCollator(tokenizer.pad_token_id),
+    return train(config, model, tokenizer, train_sets, val_sets or {}, collator(tokenizer),
                  distributed_sampler(config.rng_seed, shuffle=shuffle), data_report=data_report,
                  callbacks=callbacks)
 
@@ -81,14 +80,15 @@ def test_scoring_only_trained_positions_gives_the_full_logit_loss_with_and_witho
 
     from trainer.loss import summed_token_loss
 
-    batch = PadCollator(tokenizer.pad_token_id)(qa_samples(tokenizer, 3))
+    batch = collator(tokenizer)(qa_samples(tokenizer, 3))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"))
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox")),
                           LoraConfig(r=4, target_modules=["query_key_value", "dense_4h_to_h"], task_type="CAUSAL_LM"))
     for m in (model, lora):
         loss_sum, count, outputs = summed_token_loss(m, m.get_output_embeddings(), batch)
         assert outputs.logits.shape == (int(count), m.get_output_embeddings().out_features)
-        reference = m(**batch).loss  # transformers' own shifted mean over all trained tokens, full logits
+        model_inputs = {k: v for k, v in batch.items() if k != "num_real_tokens"}
+        reference = m(**model_inputs).loss  # transformers' own shifted mean over all trained tokens, full logits
         torch.testing.assert_close(loss_sum / count, reference)
         (loss_sum / count).backward()
     assert all((p.grad is not None) == p.requires_grad for p in lora.parameters())

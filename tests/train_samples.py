@@ -1,10 +1,6 @@
-"""Test helpers for training: tiny prompt/answer samples from the fixture tokenizer and a padding collator.
-
-Stand-ins for the data builder and `trainer.data.collate.DataCollator`, which are built and tested elsewhere.
-"""
+"""Test helpers for training: tiny prompt/answer samples from the fixture tokenizer (a stand-in for the data
+builder, tested elsewhere), the production collator, and a plain distributed sampler factory."""
 from __future__ import annotations
-
-import torch
 
 QA = [("What is two plus two?", "Four."), ("Name a colour.", "Blue, like the sky on a clear day."),
       ("Say hi.", "Hi!"), ("Count to five.", "One, two, three, four, five."),
@@ -24,18 +20,15 @@ def qa_samples(tokenizer, n: int) -> list[dict[str, list[int]]]:
     return out
 
 
-class PadCollator:
-    """Right-pads a batch: input_ids with the pad id, labels with -100, attention_mask 1 on real tokens."""
+def distributed_sampler(seed: int, shuffle: bool = True):
+    """A sampler factory for tests: every sample once per epoch, split evenly across ranks (torch's own)."""
+    from torch.utils.data import DistributedSampler
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    return lambda data, replicas, rank: DistributedSampler(data, replicas, rank, shuffle=shuffle, seed=seed)
 
-    def __call__(self, samples):
-        width = max(len(s["input_ids"]) for s in samples)
 
-        def pad(key, value):
-            return torch.tensor([list(s[key]) + [value] * (width - len(s[key])) for s in samples])
+def collator(tokenizer, max_length: int = 128):
+    """The production collator, as training builds it."""
+    from trainer.data.collate import DataCollator
 
-        ids = pad("input_ids", self.pad_token_id)
-        mask = torch.tensor([[1] * len(s["input_ids"]) + [0] * (width - len(s["input_ids"])) for s in samples])
-        return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", -100)}
+    return DataCollator(tokenizer.pad_token_id, max_length)

@@ -13,9 +13,8 @@ sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 
-from train_samples import PadCollator, qa_samples  # noqa: E402
+from train_samples import collator, distributed_sampler, qa_samples  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.delphi_trainer import distributed_sampler  # noqa: E402
 from trainer.tokens import load_tokenizer  # noqa: E402
 from trainer.train import train  # noqa: E402
 
@@ -51,7 +50,7 @@ def main(model_dir: str, tmp: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     samples = qa_samples(tokenizer, 10)
     rank = int(os.environ["RANK"])
-    train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, PadCollator(tokenizer.pad_token_id),
+    train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
           distributed_sampler(config.rng_seed), callbacks=[Record(tmp_path / f"rank{rank}.json")])
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import ConcatDataset, DistributedSampler, Sampler
+from torch.utils.data import ConcatDataset, Sampler
 from transformers import Trainer, TrainerCallback
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
@@ -30,24 +30,19 @@ from trainer.loss import summed_token_loss
 SamplerFactory = Callable[[ConcatDataset, int, int], Sampler]
 
 
-def distributed_sampler(seed: int, shuffle: bool = True) -> SamplerFactory:
-    """The default: every sample once per epoch, reshuffled per epoch, split evenly across ranks."""
-    return lambda data, replicas, rank: DistributedSampler(data, replicas, rank, shuffle=shuffle, seed=seed)
-
-
 @dataclass
 class TokenCounts:
     """Tokens this process has put through training since start (or resume)."""
 
     trained: int = 0  # label != -100 after the shift: what the loss is computed on
-    real: int = 0  # attention_mask == 1
+    real: int = 0  # tokens of samples, not padding (the collator's count)
     processed: int = 0  # every position of every row, padding included
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, inputs: dict[str, torch.Tensor]) -> None:
         labels = inputs["labels"]
         self.trained += int((labels[:, 1:] != -100).sum())
-        self.real += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else labels.numel()
+        self.real += inputs["num_real_tokens"]
         self.processed += labels.numel()
 
 

@@ -52,7 +52,7 @@ def summed_token_loss(model: torch.nn.Module, output_layer: torch.nn.Module,
     tokens, not by the batch it happened to land in.
     """
     labels = inputs["labels"]
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache", "num_real_tokens")}
     keep = trained_positions(labels)
     targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
     with score_only(output_layer, keep):

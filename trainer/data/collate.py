@@ -46,24 +46,6 @@ def training_collator(config, pad_token_id: int, isolation: Isolation = "positio
 
 
 @dataclass(frozen=True)
-class TokenCounts:
-    """Per-batch token accounting for the data report. `trained` counts the labels the loss really uses
-    (each sample's first label is never a target, since a causal LM predicts token t+1 from tokens <= t)."""
-
-    real: int
-    padding: int
-    trained: int
-
-    @property
-    def padding_fraction(self) -> float:
-        total = self.real + self.padding
-        return self.padding / total if total else 0.0
-
-    def __add__(self, other: TokenCounts) -> TokenCounts:
-        return TokenCounts(self.real + other.real, self.padding + other.padding, self.trained + other.trained)
-
-
-@dataclass(frozen=True)
 class DataCollator:
     """Pads a list of samples (mappings or objects with `input_ids` and `labels`) to the longest in the batch,
     optionally rounded up to `pad_to_multiple_of`; labels are -100 on padding.
@@ -100,16 +82,10 @@ class DataCollator:
         lengths = [len(ids) for ids, _ in pairs]
         rows = self._rows(lengths)
         width = self._width(rows, lengths)
-        if not self.packing:
-            return self._padded(pairs, width)
-        return self._packed(pairs, rows, width)
-
-    def token_counts(self, samples: Sequence[Any]) -> TokenCounts:
-        """What `self(samples)` would hold, without building tensors."""
-        pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
-        lengths = [len(ids) for ids, _ in pairs]
-        trained = sum(int(np.count_nonzero(labels[1:] != IGNORE_INDEX)) for _, labels in pairs)
-        return TokenCounts(real=sum(lengths), padding=self.padded_size(lengths) - sum(lengths), trained=trained)
+        batch = self._packed(pairs, rows, width) if self.packing else self._padded(pairs, width)
+        # For throughput accounting: a packed batch has no 2D mask to count its padding from.
+        batch["num_real_tokens"] = sum(lengths)
+        return batch
 
     def padded_size(self, lengths: Sequence[int]) -> int:
         """Token slots (rows x width) a batch of samples with these lengths takes, padding included."""
