@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import os
 import sys
 
 from trainer.config import TrainConfig, resolve, split_argv

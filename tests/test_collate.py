@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trainer.data import collate
-from trainer.data.collate import IGNORE_INDEX, DataCollator, packing_isolation
+from trainer.data.collate import DataCollator, packing_isolation
+from trainer.tokens import IGNORE_INDEX
 from trainer.errors import ConfigError, DataError
 
 TEXTS = [

@@ -9,7 +9,8 @@ import pytest
 from trainer.config import TrainConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.data.formats import prompt_format
-from trainer.data.tokenize import IGNORE_INDEX, SegmentEncoder, encode, encode_all, encode_prompt
+from trainer.tokens import IGNORE_INDEX
+from trainer.data.tokenize import SegmentEncoder, encode, encode_all, encode_prompt
 from trainer.tokens import padded_vocab_size
 
 

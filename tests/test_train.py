@@ -1,7 +1,6 @@
 """Training: real tiny GPT-NeoX, real HF Trainer path, on CPU."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -196,3 +194,11 @@ def test_entry_point_prints_config_errors_without_traceback(capsys):
     assert main(["--configs", "defaults", "--learning_rat", "1e-4", "--local_rank=0"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'learning_rat' (did you mean 'learning_rate'?)" in err and "Traceback" not in err
+
+
+def test_loss_docstring_examples_hold():
+    import doctest
+
+    import trainer.loss
+
+    assert doctest.testmod(trainer.loss).failed == 0

@@ -25,6 +25,7 @@ from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
 from trainer.loss import summed_token_loss
+from trainer.tokens import IGNORE_INDEX
 
 # (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
 SamplerFactory = Callable[[ConcatDataset, int, int], Sampler]
@@ -41,7 +42,7 @@ class TokenCounts:
 
     def add(self, inputs: dict[str, torch.Tensor]) -> None:
         labels = inputs["labels"]
-        self.trained += int((labels[:, 1:] != -100).sum())
+        self.trained += int((labels[:, 1:] != IGNORE_INDEX).sum())
         self.real += inputs["num_real_tokens"]
         self.processed += labels.numel()
 

@@ -12,7 +12,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from trainer.tokens import IGNORE_INDEX
+
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:

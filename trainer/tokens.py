@@ -8,6 +8,7 @@ from trainer.errors import ConfigError
 # Added in this fixed order, so the new ids never depend on the process (OASST's set() order did).
 CHAT_SPECIAL_TOKENS = ("<|prompter|>", "<|assistant|>", "<|system|>", "<|prefix_begin|>", "<|prefix_end|>")
 PADDING_TOKEN = "<|padding|>"
+IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cross-entropy skips)
 
 
 def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None):

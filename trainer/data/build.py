@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ from trainer.config import DatasetConfig, TrainConfig
 from trainer.data.formats import prompt_format
 from trainer.data.sources import load_source, resolve_input_path
 from trainer.data.tokenize import EncodeStats, SegmentEncoder, encode_all
+
+if TYPE_CHECKING:
+    import datasets
 
 CACHE_VERSION = 2  # bump when the tokenized layout or the rendering rules change
 SPLITS = ("train", "validation")

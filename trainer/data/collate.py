@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from trainer.errors import ConfigError, DataError
+from trainer.tokens import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 Isolation = Literal["position_ids", "block_mask"]
 PACKING_ISOLATION: dict[str, Isolation] = {"gpt_neox": "position_ids", "falcon": "position_ids", "mpt": "block_mask"}

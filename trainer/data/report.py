@@ -10,6 +10,7 @@ from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
 from trainer.data.collate import DataCollator, training_collator
 from trainer.data.sampler import PerDatasetSampler
+from trainer.tokens import IGNORE_INDEX
 
 PERCENTILES = (50, 90, 95, 99, 100)
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
@@ -56,7 +57,7 @@ def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCol
 def render_marked(tokenizer, input_ids, labels) -> str:
     """The sample's text with every trained span between ⟦ and ⟧."""
     ids = np.asarray(input_ids)
-    trained = np.asarray(labels) != -100
+    trained = np.asarray(labels) != IGNORE_INDEX
     pieces, start = [], 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or trained[i] != trained[start]:

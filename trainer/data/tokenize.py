@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from trainer.data.conversation import Conversation, Turn
 from trainer.data.formats import PromptFormat, Segment
 from trainer.errors import ConfigError
+from trainer.tokens import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 PRIME_BATCH = 4096  # texts per encode_batch call
 
 
