@@ -6,7 +6,8 @@ Model: the Pythia-70M shape (GPT-NeoX, hidden 512, 6 layers, 8 heads, intermedia
 random weights and the real GPT-NeoX-20B tokenizer + the chat tokens (50,288 embedding rows). Data: the OASST
 threads of DELPHI_REFERENCE_DATA/oasst/en_100_tree.jsonl through Delphi's own builder (oasst format, max_length
 512); every arm trains the same `steps x batch x accumulation` samples (a fixed random pick), fp32, batch 4 x
-accumulation 2, the same optimizer (transformers' default: fused AdamW), learning rate and schedule, for the same number of optimizer steps.
+accumulation 2, the same optimizer (transformers' default: fused AdamW), learning rate and schedule, for the
+same number of optimizer steps.
 
 Arms, each in its own process and repeated (the median is reported):
 - delphi: `trainer.train.train` as scripts/trainer_sft.py wires it (its sampler, collator, trained-positions-only
