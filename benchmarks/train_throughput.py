@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="3 for the median of 3 (about 25 min here)")
     parser.add_argument("--modes", nargs="+", default=["full", "lora"], choices=["full", "lora"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--delphi-layout", default="sort", choices=["sort", "pack", "sort+pack"])
+    parser.add_argument("--delphi-layout", default="sort+pack", choices=["sort", "pack", "sort+pack"])
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
