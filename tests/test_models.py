@@ -73,7 +73,7 @@ def test_load_train_and_what_changes(architecture, mode, tiny_model_dir, grown_t
     quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     adapters = sum(isinstance(m, LoraLayer) for m in model.modules())
     assert (quantized, adapters) == ((8 if mode == "qlora" else 0), (0 if mode == "full" else 8))
-    assert loaded.optimizer == "adamw_torch"  # paged AdamW only where CUDA can page
+    assert loaded.optimizer == "adamw_torch_fused"  # paged AdamW only where CUDA can page
     if mode == "full":
         assert loaded.trainable_params == loaded.total_params
     else:

@@ -32,7 +32,7 @@ def resolve_path(path: str) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
-def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch") -> TrainingArguments:
+def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch_fused") -> TrainingArguments:
     """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
 
     Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
@@ -142,7 +142,7 @@ def resume_point(config: TrainConfig) -> str | None:
 
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
-          callbacks: Sequence = (), optim: str = "adamw_torch") -> TrainResult:
+          callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult:
     """Train `model` on the concatenated train splits; evaluate each validation split by name."""
     output_dir = Path(config.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
