@@ -61,7 +61,10 @@ class RunLog:
 
     def finish(self) -> None:
         if self.wandb_run is not None:
+            import wandb
+
             self.wandb_run.finish()
+            wandb.teardown()  # waits for wandb's service to write everything out (the offline run file included)
 
 
 class RunLogCallback(TrainerCallback):
