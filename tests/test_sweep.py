@@ -177,7 +177,7 @@ def test_random_search_is_reproducible_and_within_bounds(tiny_model_dir, tmp_pat
 @pytest.mark.parametrize("parameters, message", [
     ({"learning_rat": [1e-3]}, "(parameters.learning_rat): unknown key 'learning_rat' (did you mean 'learning_rate'?)"),
     ({"lora_r": [8, "big"]}, "(parameters.lora_r): 'lora_r' must be int, got 'big'"),
-    ({"lora_r": [0]}, "lora_r: must be at least 1, got 0"),
+    ({"lora_r": [0]}, "'lora_r' must be at least 1, got 0"),
     ({"output_dir": ["a", "b"]}, "'output_dir' is set by the sweep"),
 ])
 def test_every_parameter_is_checked_against_the_config_schema_before_anything_runs(tiny_model_dir, tmp_path,
