@@ -13,5 +13,5 @@ $py -m trainer.data --configs demo-data tiny-pythia --examples 1
 $py trainer_sft.py --configs demo-data tiny-pythia demo-train
 rm -rf exports/tiny-pythia-ipu
 $py -m trainer.export outputs/tiny-pythia exports/tiny-pythia-ipu --target ipu --verify
-EXAMPLE_PROMPTS='["What is a meme?", "Who coined the word?"]' \
+EXAMPLE_PROMPTS='["What is a meme?", "Why did the Roman Empire split into east and west?"]' \
     $py -m trainer.chat --model exports/tiny-pythia-ipu --temperature 0 --output_length 32
