@@ -220,6 +220,13 @@ class TrainConfig:
             raise FieldProblems(problems)
 
     @property
+    def lora_targets(self) -> str | list[str]:
+        """peft's `target_modules`: "all-linear" for `all`, else the listed module names."""
+        if self.lora_target_modules == "all":
+            return "all-linear"
+        return [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
+
+    @property
     def effective_tokenizer_name(self) -> str | None:
         return self.tokenizer_name or self.model_name
 

@@ -17,10 +17,8 @@ def lora_config(config: TrainConfig):
     """`all` is peft's "all-linear": every linear layer (4-bit ones included) except the output head."""
     from peft import LoraConfig
 
-    targets = "all-linear" if config.lora_target_modules == "all" else \
-        [t.strip() for t in config.lora_target_modules.split(",") if t.strip()]
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                      target_modules=config.lora_targets, bias="none", task_type="CAUSAL_LM")
 
 
 def add_adapters(model, config: TrainConfig):

@@ -100,9 +100,9 @@ def _check_tokenizer_source(config: TrainConfig) -> None:
 
 
 def _check_lora_targets(config: TrainConfig, source: ModelSource) -> None:
-    if config.mode == "full" or config.lora_target_modules == "all":
+    wanted = config.lora_targets
+    if config.mode == "full" or wanted == "all-linear":
         return
-    wanted = [t.strip() for t in config.lora_target_modules.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in source.linear_names]
     if unknown or not wanted:
         raise ConfigError(f"lora_target_modules: {', '.join(unknown) or 'empty'} not among the linear layers of "
