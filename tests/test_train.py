@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -202,3 +203,21 @@ def test_loss_docstring_examples_hold():
     import trainer.loss
 
     assert doctest.testmod(trainer.loss).failed == 0
+
+
+def test_eval_loss_is_one_token_weighted_mean_whatever_the_eval_batch_size(tokenizer, tiny_model_dir, tmp_path):
+    from trainer.loss import summed_token_loss
+
+    samples = qa_samples(tokenizer, 6)  # answers of 2 to 14 trained tokens
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"))
+    with torch.no_grad():
+        sums = [summed_token_loss(model, model.get_output_embeddings(), collator(tokenizer)([s]))[:2]
+                for s in samples]
+    expected = sum(float(loss) for loss, _ in sums) / sum(int(n) for _, n in sums)
+    losses = []
+    for batch in (1, 4):
+        config = tiny_config(tmp_path / str(batch), tiny_model_dir("gpt_neox"), per_device_eval_batch_size=batch,
+                             learning_rate=1e-9, num_train_epochs=1, eval_steps=1, save_steps=1000)
+        result = run(config, tokenizer, {"toy": samples[:1]}, {"toy": samples})
+        losses.append([r["eval_toy_loss"] for r in read_jsonl(result.metrics_path) if "eval_toy_loss" in r][0])
+    assert losses[0] == pytest.approx(expected, rel=1e-4) and losses[1] == pytest.approx(expected, rel=1e-4)

@@ -72,6 +72,7 @@ class DelphiTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.sampler_factory = sampler_factory
         self.tokens = TokenCounts()
+        self.eval_totals = torch.zeros(2, dtype=torch.float64)  # summed loss and trained tokens of one split
         self.train_sampler = sampler_factory(self.train_dataset, self.args.world_size, self.args.process_index)
         self.add_callback(SamplerEpochCallback(self.train_sampler))
         # Our compute_loss divides by num_items_in_batch itself: make the Trainer count it and not divide again.
@@ -110,7 +111,9 @@ class DelphiTrainer(Trainer):
         loss_sum, trained, outputs = summed_token_loss(model, output_layer, inputs)
         if model.training:
             self.tokens.add(inputs)
-        if num_items_in_batch is None:  # a lone batch (evaluation without a count): its own token mean
+        else:  # evaluation: summed up over the split in `evaluation_loop`
+            self.eval_totals += torch.stack([loss_sum.detach().double(), trained.double()]).to(self.eval_totals)
+        if num_items_in_batch is None:  # a lone batch: its own token mean
             loss = loss_sum / trained.clamp(min=1)
         else:
             loss = loss_sum / num_items_in_batch
@@ -118,6 +121,19 @@ class DelphiTrainer(Trainer):
                 # DeepSpeed and DDP average gradients over ranks; the count above is already the global one.
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The split's loss as one token-weighted mean (the Trainer averages per-batch means, so a short answer
+        would weigh as much as a long one and the figure would depend on the eval batch size)."""
+        self.eval_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        loss_sum, trained = (self.accelerator.reduce(self.eval_totals, "sum") if self.args.world_size > 1
+                             else self.eval_totals).tolist()
+        if trained:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss_sum / trained
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
