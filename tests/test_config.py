@@ -121,3 +121,14 @@ def test_out_of_range_values_name_their_origin_and_every_dataset_is_checked(tmp_
     msg = str(e.value)
     assert f"{f}:2 (section 'r'): 'max_length' must be at least 1, got 0" in msg
     assert "command line --learning_rate: 'learning_rate' must be greater than 0, got -1.0" in msg
+
+
+def test_relative_paths_fall_back_to_the_repository(tmp_path, monkeypatch):
+    from trainer.config import repo_relative
+
+    monkeypatch.chdir(tmp_path)
+    assert repo_relative("configs/zero2.json") == str(CONFIG_DIR / "zero2.json")
+    assert repo_relative("EleutherAI/pythia-12b-deduped") == "EleutherAI/pythia-12b-deduped"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs/zero2.json").write_text("{}")
+    assert repo_relative("configs/zero2.json") == "configs/zero2.json"

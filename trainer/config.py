@@ -23,6 +23,15 @@ from trainer.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
+
+def repo_relative(path: str) -> str:
+    """A relative path that does not exist from here is taken from the repository (the demo's
+    `.cache/tiny/...`, `configs/zero2.json`); anything else, a hub name included, is returned as given."""
+    local = Path(path)
+    if local.is_absolute() or local.exists() or not (REPO_ROOT / local).exists():
+        return path
+    return str(REPO_ROOT / local)
+
 # OASST `config.yaml` keys that Delphi deliberately does not have, with what to do instead.
 RETIRED_OASST_KEYS = {
     "poly_eps": "it only tunes OASST's PolyLoss; Delphi trains with cross-entropy",

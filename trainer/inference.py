@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import REPO_ROOT, TrainConfig, load_config
+from trainer.config import TrainConfig, load_config, repo_relative
 from trainer.errors import ConfigError
 from trainer.models import TORCH_DTYPES, resize_embeddings
 
@@ -109,10 +109,7 @@ def _base_path(name: str | None, adapter_dir: Path) -> str:
     if not name:
         raise ConfigError(f"{adapter_dir / ADAPTER_CONFIG}: 'base_model_name_or_path' is empty; cannot find the "
                           f"base model the adapter was trained on")
-    local = Path(name)
-    if local.is_absolute() or local.exists() or not (REPO_ROOT / local).exists():
-        return name
-    return str(REPO_ROOT / local)
+    return repo_relative(name)
 
 
 def default_format_name(tokenizer) -> str:

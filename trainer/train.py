@@ -18,18 +18,12 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.config import REPO_ROOT, TrainConfig, write_resolved
+from trainer.config import TrainConfig, repo_relative, write_resolved
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
-
-
-def resolve_path(path: str) -> Path:
-    """Relative to the working directory when it exists there, else to the repository (configs/zero2.json)."""
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch_fused") -> TrainingArguments:
@@ -39,7 +33,7 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_
     cuda = torch.cuda.is_available()
     deepspeed = None
     if config.deepspeed:
-        deepspeed = resolve_path(config.deepspeed_config)
+        deepspeed = Path(repo_relative(config.deepspeed_config))
         if not deepspeed.is_file():
             raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
     return TrainingArguments(

@@ -61,7 +61,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
         reference = check.run_prompts(adapted, ids)
         model = adapted.merge_and_unload()
     else:
-        model = merge.load_model(run, tokenizer)
+        model = merge.load_full_model(run)
         reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
     record: dict[str, Any] = {
@@ -74,8 +74,9 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     out.mkdir(parents=True, exist_ok=True)
     if target == "ipu":
         ipu.check_tokens(tokenizer, fmt.end_key)
-        record["ipu_pipeline"] = ipu.pipeline_settings(
-            model, tokenizer, fmt, sequence_length if sequence_length is not None else min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH))
+        if sequence_length is None:
+            sequence_length = min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH)
+        record["ipu_pipeline"] = ipu.pipeline_settings(model, tokenizer, fmt, sequence_length)
         ipu.write_ipu(model, tokenizer, out, max_shard_size, record["ipu_pipeline"]["sequence_length"])
         print(ipu.describe(record["ipu_pipeline"]), flush=True)
     else:

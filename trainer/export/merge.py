@@ -6,24 +6,20 @@ jondurbin/qlora `merge_weights.py`) and the adapter merged there.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from trainer.errors import ConfigError
-from trainer.export.source import ADAPTER_CONFIG, EXPORT_RECORD, RunOutput
+from trainer.export.source import ADAPTER_CONFIG, EXPORT_RECORD, RunOutput, read_export_record
 from trainer.inference import load_base_with_adapter
 
 
-def load_model(run: RunOutput, tokenizer):
-    """The full model, or the adapter merged into its base; in the checkpoint's own precision."""
+def load_full_model(run: RunOutput):
+    """A full (not adapter) run's model, in the checkpoint's own precision."""
     from transformers import AutoModelForCausalLM
 
-    if not run.is_adapter:
-        return AutoModelForCausalLM.from_pretrained(run.path, dtype="auto",
-                                                    trust_remote_code=run.config.trust_remote_code)
-    return load_adapter_model(run, tokenizer).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(run.path, dtype="auto", trust_remote_code=run.config.trust_remote_code)
 
 
 def load_adapter_model(run: RunOutput, tokenizer):
@@ -37,9 +33,10 @@ def refuse_merged_base(run: RunOutput, base: Path) -> None:
     if (base / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"base model '{base}' is itself a peft adapter; pass the model it was trained on "
                           f"with --base_model")
-    record = base / EXPORT_RECORD
-    if record.is_file() and json.loads(record.read_text()).get("adapter_sha256") == run.adapter_sha256:
-        raise ConfigError(f"base model '{base}' already has the adapter {run.path} merged into it ({record}: "
+    record = read_export_record(base)
+    if record and record.get("adapter_sha256") == run.adapter_sha256:
+        raise ConfigError(f"base model '{base}' already has the adapter {run.path} merged into it "
+                          f"({base / EXPORT_RECORD}: "
                           f"adapter_sha256 matches); export from the adapter's own base, or use '{base}' as is")
 
 

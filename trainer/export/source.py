@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, repo_relative
 from trainer.errors import ConfigError
 from trainer.inference import ADAPTER_CONFIG, RESOLVED_CONFIG, read_resolved_config
 
@@ -55,6 +55,7 @@ def read_run(path: Path | str, base_model: str | None = None) -> RunOutput:
     if not base:
         raise ConfigError(f"{path}/{RESOLVED_CONFIG}: model_name is not set and {ADAPTER_CONFIG} has no "
                           f"base_model_name_or_path; pass --base_model")
+    base = repo_relative(base)
     kind = config.mode if config.mode in ("lora", "qlora") else "lora"
     return RunOutput(path, config, kind, base, file_sha256(weights[0]), record)
 
