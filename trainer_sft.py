@@ -1,7 +1,7 @@
-"""`deepspeed trainer_sft.py --configs ...` from the repository root, as with OASST; see scripts/trainer_sft.py."""
+"""`deepspeed trainer_sft.py --configs ...` from the repository root, as with OASST: `delphi train --configs ...`."""
 import sys
 
-from scripts.trainer_sft import main
+from trainer.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

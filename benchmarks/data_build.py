@@ -115,7 +115,7 @@ def arm(name: str, export: Path, tokenizer_dir: Path, cache: Path) -> dict:
             "max_length": 2048, "cache_dir": str(cache), "model_name": str(tokenizer_dir)}}))
         config = load_config(["--configs", "bench", "--config_file", str(section)])
         start = time.perf_counter()
-        (built,) = build_datasets(config, tokenizer)
+        (built,) = build_datasets(config.data, tokenizer)
         seconds = time.perf_counter() - start
         extra = {"from_cache": built.from_cache, "train": len(built.train), "val": len(built.val),
                  "tokens": int(sum(built.train["length"]))}

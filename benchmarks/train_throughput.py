@@ -10,8 +10,8 @@ accumulation 2, the same optimizer (transformers' default: fused AdamW), learnin
 same number of optimizer steps.
 
 Arms, each in its own process and repeated (the median is reported):
-- delphi: `trainer.train.train` as scripts/trainer_sft.py wires it (its sampler, collator, trained-positions-only
-  output layer); `--delphi-layout` picks sort_by_length ("sort"), packing ("pack") or both ("sort+pack");
+- delphi: `trainer.recipe.run`, what `delphi train` runs (its sampler, collator, trained-positions-only output
+  layer); `--delphi-layout` picks sort_by_length ("sort"), packing ("pack") or both ("sort+pack");
 - trainer: transformers `Trainer`, `DataCollatorForSeq2Seq` dynamic padding (labels -100 on the prompt);
 - trainer-grouped: the same with `train_sampling_strategy="group_by_length"`;
 - trl-padding-free: TRL `SFTTrainer(padding_free=True)`, completion-only loss on a completion mask that marks the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import statistics
@@ -78,16 +77,28 @@ def prepare() -> Path:
     return model_dir
 
 
-def delphi_config(model_dir: Path, mode: str, layout: str, output_dir: Path):
-    from trainer.config import DatasetConfig, TrainConfig
+def delphi_config(model_dir: Path, mode: str, layout: str, output_dir: Path, samples: int):
+    """`samples` threads, drawn once from the seed (the same draw for every arm: see `drawn_samples`)."""
+    from trainer.config import TrainConfig
 
-    oasst = DatasetConfig("oasst_export", input_file_path=str(reference_data() / "oasst/en_100_tree.jsonl"),
-                          val_split=0.05)  # unused; an empty split fails to reload from the cache
-    return TrainConfig(model_name=str(model_dir), dtype="fp32", residual_dropout=0.0, mode=mode, datasets=(oasst,),
-                       max_length=MAX_LENGTH, cache_dir=str(WORK / "data"), per_device_train_batch_size=BATCH,
-                       gradient_accumulation_steps=ACCUMULATION, sort_by_length="sort" in layout,
-                       packing="pack" in layout, output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6,
-                       report_to="none", log_wandb=False, rng_seed=SEED, **HYPER)
+    # val_split: unused, but an empty split fails to reload from the cache.
+    oasst = {"oasst_export": {"input_file_path": str(reference_data() / "oasst/en_100_tree.jsonl"),
+                              "val_split": 0.05, "size": samples}}
+    return TrainConfig.of(model_name=str(model_dir), dtype="fp32", residual_dropout=0.0, mode=mode,
+                          datasets=[oasst], max_length=MAX_LENGTH, cache_dir=str(WORK / "data"),
+                          per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUMULATION,
+                          sort_by_length="sort" in layout, packing="pack" in layout, output_dir=str(output_dir),
+                          save_steps=10**6, eval_steps=10**6, report_to="none", log_wandb=False, rng_seed=SEED,
+                          **HYPER)
+
+
+def drawn_samples(config, built):
+    """The training samples Delphi's sampler draws for this config: what the baselines train on too."""
+    from trainer.data.sampler import PerDatasetSampler
+
+    draw = PerDatasetSampler([built.train["length"]], [config.data.datasets[0].size], seed=config.optim.rng_seed,
+                             resample=False)
+    return built.train.select(sorted(draw.fixed.tolist()))
 
 
 class StepClock:
@@ -147,36 +158,19 @@ def run_arm(arm: str, mode: str, steps: int, layout: str) -> dict:
     model_dir = prepare()
     output_dir = WORK / "runs" / f"{arm}-{mode}"
     shutil.rmtree(output_dir, ignore_errors=True)  # train() would resume from an earlier run's checkpoint
-    config = delphi_config(model_dir, mode, layout, output_dir)
+    config = delphi_config(model_dir, mode, layout, output_dir, steps * BATCH * ACCUMULATION)
     tokenizer = load_tokenizer(str(model_dir), MAX_LENGTH)
-    (built,) = build_datasets(config, tokenizer)
-    picked = sorted(random.Random(SEED).sample(range(len(built.train)), steps * BATCH * ACCUMULATION))
-    samples = built.train.select(picked)
     clock = StepClock(tokenizer.pad_token_id)
     mark = install_clock(clock)
     if arm == "delphi":
-        train_delphi(config, tokenizer, samples, mark)
+        from trainer.recipe import run
+
+        run(config, callbacks=[mark])
     else:
-        train_baseline(arm, config, tokenizer, samples, mark)
+        (built,) = build_datasets(config.data, tokenizer)
+        train_baseline(arm, config, tokenizer, drawn_samples(config, built), mark)
     return {"arm": arm, "mode": mode, **clock.result(),
             "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-
-
-def train_delphi(config, tokenizer, samples, mark) -> None:
-    from trainer.data.collate import DataCollator, packing_isolation
-    from trainer.data.sampler import PerDatasetSampler
-    from trainer.models import load_model
-    from trainer.train import train
-
-    loaded = load_model(config, tokenizer)
-    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=8, packing=config.packing,
-                            isolation=packing_isolation(loaded.model.config))
-    lengths = [samples["length"]]
-    factory = lambda _data, world_size, rank: PerDatasetSampler(  # noqa: E731 (as scripts/trainer_sft.py builds it)
-        lengths, [len(samples)], seed=config.rng_seed, batch_size=config.per_device_train_batch_size, rank=rank,
-        world_size=world_size, resample=config.use_custom_sampler, sort_by_length=config.sort_by_length)
-    train(config, loaded.model, tokenizer, {"oasst": samples}, {}, collator, factory, callbacks=[mark],
-          optim=loaded.optimizer)
 
 
 def train_baseline(arm: str, config, tokenizer, samples, mark) -> None:
@@ -184,13 +178,14 @@ def train_baseline(arm: str, config, tokenizer, samples, mark) -> None:
 
     from trainer.lora import lora_config
 
-    model = AutoModelForCausalLM.from_pretrained(config.model_name, attn_implementation="sdpa", dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(config.model.model_name, attn_implementation="sdpa",
+                                                 dtype="float32")
     model.config.use_cache = False
-    if config.mode == "lora":
+    if config.adapters.mode == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(config))
-    common = dict(output_dir=config.output_dir, per_device_train_batch_size=BATCH,
+        model = get_peft_model(model, lora_config(config.adapters))
+    common = dict(output_dir=config.outputs.output_dir, per_device_train_batch_size=BATCH,
                   gradient_accumulation_steps=ACCUMULATION, seed=SEED, save_strategy="no", report_to="none",
                   use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
                   disable_tqdm=True, **HYPER)

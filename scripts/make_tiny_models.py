@@ -8,8 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.config import REPO_ROOT  # noqa: E402
-from trainer.tiny import ARCHITECTURES, save_tiny_model, train_tokenizer  # noqa: E402
+from trainer.architectures import ARCHITECTURES  # noqa: E402
+from trainer.paths import CHECKOUT as REPO_ROOT  # noqa: E402
+from trainer.tiny import save_tiny_model, train_tokenizer  # noqa: E402
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer.config import REPO_ROOT as REPO
+from trainer.paths import CHECKOUT as REPO
 from trainer.config import load_config
-from trainer.data.__main__ import main as data_main
+from trainer.cli import data_command as data_main
 from trainer.data.build import build_datasets
 from trainer.data.report import dataset_figures, render_marked, write_dump
 from trainer.errors import DataError
@@ -34,7 +34,7 @@ def config_for(workspace, *flags):
 
 
 def test_build_gives_masked_samples_for_every_dataset(workspace, tokenizer):
-    built = build_datasets(config_for(workspace), tokenizer)
+    built = build_datasets(config_for(workspace).data, tokenizer)
     assert [b.name for b in built] == ["oasst_export", "alpaca", "airoboros"]
     for b in built:
         assert len(b.train) > 0 and len(b.val) > 0 and not b.from_cache
@@ -51,19 +51,19 @@ def test_build_gives_masked_samples_for_every_dataset(workspace, tokenizer):
 
 def test_second_build_reuses_the_cache_and_changes_rebuild_it(workspace, tokenizer):
     config = config_for(workspace)
-    first = build_datasets(config, tokenizer)
-    again = build_datasets(config, tokenizer)
+    first = build_datasets(config.data, tokenizer)
+    again = build_datasets(config.data, tokenizer)
     assert all(b.from_cache for b in again)
     for a, b in zip(first, again):
         assert a.train["input_ids"] == b.train["input_ids"] and a.counts == b.counts
 
     with open(workspace / "airoboros/sample.jsonl", "a") as f:
         f.write(json.dumps({"instruction": "One more?", "response": "Yes, one more."}) + "\n")
-    changed_file = build_datasets(config, tokenizer)
+    changed_file = build_datasets(config.data, tokenizer)
     assert [b.from_cache for b in changed_file] == [True, True, False]
     assert changed_file[2].counts["records_read"] == first[2].counts["records_read"] + 1
 
-    shorter = build_datasets(config_for(workspace, "--max_length", "64"), tokenizer)
+    shorter = build_datasets(config_for(workspace, "--max_length", "64").data, tokenizer)
     assert not any(b.from_cache for b in shorter)
     assert max(max(b.train["length"]) for b in shorter) <= 64
 
@@ -74,19 +74,19 @@ def test_a_malformed_line_names_the_file_and_line_and_the_skip_option_counts_it(
     lines.insert(2, '{"instruction": "broken", ')
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"{path}:3: "):
-        build_datasets(config_for(workspace), tokenizer)
+        build_datasets(config_for(workspace).data, tokenizer)
 
     section = json.loads((workspace / "exp.yaml").read_text())
     section["exp"]["datasets"][2]["airoboros"]["skip_bad_lines"] = True
     (workspace / "exp.yaml").write_text(json.dumps(section))
-    built = build_datasets(config_for(workspace), tokenizer)
+    built = build_datasets(config_for(workspace).data, tokenizer)
     assert built[2].counts["bad_records_skipped"] == 1
     assert built[2].skipped[0].startswith(f"{path}:3")
 
 
 def test_report_marks_trained_spans_and_dump_round_trips(workspace, tokenizer):
     config = config_for(workspace)
-    built = build_datasets(config, tokenizer)
+    built = build_datasets(config.data, tokenizer)
     row = built[1].train[0]
     marked = render_marked(tokenizer, row["input_ids"], row["labels"])
     assert marked.startswith("<|prompter|>") and marked.endswith("<|endoftext|>⟧")

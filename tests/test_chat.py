@@ -12,12 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trainer.chat import ChatSession, chat_format, fit_history, main
+from trainer.cli import guarded
 from trainer.config import TrainConfig, write_resolved
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
-from trainer.data.formats import prompt_format
 from trainer.data.tokenize import SegmentEncoder, encode, encode_prompt
 from trainer.generation import SamplingOptions, generate_reply
-from trainer.inference import context_length, default_format_name, load_for_inference
+from trainer.formats import build_format, detect_format, format_for
+from trainer.inference import context_length, load_for_inference
 from trainer.tiny import save_tiny_model
 from trainer.tokens import load_tokenizer
 
@@ -27,12 +28,17 @@ TURNS = tuple(Turn(role, text) for q, a in EXCHANGES for role, text in ((PROMPTE
 MAX_LENGTH = 128
 
 
+def run_chat(argv: list[str], environ: dict[str, str]) -> int:
+    """`delphi chat ARGV` with this environment, through the one error wrapper."""
+    return guarded(lambda args: main(args, environ), argv)
+
+
 def taught_model(directory: Path, base: Path, format_name: str) -> Path:
     """A training output: `base` trained (overfit) on the conversation as the trainer encodes it, saved with its
     tokenizer (model_max_length = max_length, as training saves it) and resolved_config.yaml."""
-    config = TrainConfig(model_name=str(base), prompt_format=format_name, max_length=MAX_LENGTH, dtype="fp32")
-    tokenizer = load_tokenizer(str(base), config.max_length)
-    fmt = prompt_format(config, tokenizer)
+    config = TrainConfig.of(model_name=str(base), prompt_format=format_name, max_length=MAX_LENGTH, dtype="fp32")
+    tokenizer = load_tokenizer(str(base), MAX_LENGTH)
+    fmt = format_for(config.data, tokenizer)
     sample = encode(Conversation(TURNS, "test"), fmt, SegmentEncoder(tokenizer), MAX_LENGTH, label_masking=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base)
@@ -75,8 +81,8 @@ def expected_transcript(exchanges) -> str:
 def test_example_prompts_mode_answers_each_prompt_in_the_trained_format_and_exits_0(taught, format_name, capsys,
                                                                                     monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # else deepspeed (imported by save_pretrained) warns on stdout
-    code = main(["--model", str(taught(format_name)), "--temperature", "0"],
-                environ={"EXAMPLE_PROMPTS": json.dumps([q for q, _ in EXCHANGES])})
+    code = run_chat(["--model", str(taught(format_name)), "--temperature", "0"],
+                    environ={"EXAMPLE_PROMPTS": json.dumps([q for q, _ in EXCHANGES])})
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out == expected_transcript(EXCHANGES)
@@ -86,8 +92,8 @@ def test_example_prompts_mode_answers_each_prompt_in_the_trained_format_and_exit
 def test_example_prompts_mode_on_openassistants_tokenizer(oa_test_tokenizer, tmp_path, capsys):
     base = save_tiny_model(tmp_path / "base", "gpt_neox", oa_test_tokenizer)
     out = taught_model(tmp_path / "out", base, "oasst")
-    code = main(["--model", str(out), "--temperature", "0", "--k", "0"],
-                environ={"EXAMPLE_PROMPTS": json.dumps([EXCHANGES[0][0]])})
+    code = run_chat(["--model", str(out), "--temperature", "0", "--k", "0"],
+                    environ={"EXAMPLE_PROMPTS": json.dumps([EXCHANGES[0][0]])})
     assert code == 0
     assert capsys.readouterr().out == expected_transcript(EXCHANGES[:1])
 
@@ -128,7 +134,7 @@ def test_temperature_zero_is_deterministic_and_equals_top_k_one(tiny_model_dir, 
 
 
 def test_history_is_truncated_from_the_oldest_exchange(tokenizer):
-    fmt = prompt_format(TrainConfig(prompt_format="oasst"), tokenizer)
+    fmt = build_format("oasst", tokenizer)
     encoder = SegmentEncoder(tokenizer)
     turns = [*TURNS, Turn(PROMPTER, "And in which book?")]
     system = "Be brief."
@@ -168,8 +174,8 @@ def test_adapter_output_loads_base_plus_adapter_unquantized(tiny_model_dir, toke
     from trainer.lora import lora_config
 
     base = tiny_model_dir("gpt_neox")
-    config = TrainConfig(model_name=str(base), mode=mode, lora_dropout=0.0, prompt_format="plain")
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora_config(config))
+    config = TrainConfig.of(model_name=str(base), mode=mode, lora_dropout=0.0, prompt_format="plain")
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora_config(config.adapters))
     torch.manual_seed(0)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:  # B starts at zero; make the adapter change the output
@@ -188,7 +194,7 @@ def test_adapter_output_loads_base_plus_adapter_unquantized(tiny_model_dir, toke
         torch.testing.assert_close(merged.model(ids).logits, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(unmerged.model(ids).logits, expected)
     assert not torch.allclose(expected, plain_base, atol=1e-3)
-    assert merged.config.mode == mode and not any("lora" in n for n, _ in merged.model.named_parameters())
+    assert merged.config.adapters.mode == mode and not any("lora" in n for n, _ in merged.model.named_parameters())
     assert f"model: {mode} adapter {out} on base {base} (torch.float32, merged)" in merged.notes
     assert "Linear4bit" not in repr(merged.model)
 
@@ -199,27 +205,29 @@ def test_export_without_resolved_config_defaults_by_its_tokenizer(tiny_model_dir
     loaded = load_for_inference(export)
     fmt, how = chat_format(loaded)
     assert loaded.config is None and fmt.name == "oasst"
-    assert how == "prompt format: oasst (no resolved_config.yaml, and the tokenizer has <|prompter|>)"
+    assert how == "prompt format: oasst (no resolved_config.yaml, and the tokenizer holds <|prompter|>, " \
+                  "<|assistant|>, <|system|>)"
     assert context_length(loaded.model, loaded.tokenizer) == 2048
 
 
 def test_a_tokenizer_without_chat_tokens_means_plain(reference_data):
     raw = PreTrainedTokenizerFast(tokenizer_file=str(reference_data / "tokenizers/gpt-neox-20b/20B_tokenizer.json"),
                                   eos_token="<|endoftext|>")
-    assert default_format_name(raw) == "plain"
-    assert default_format_name(load_tokenizer(str(reference_data / "tokenizers/oa-test"))) == "oasst"
+    assert detect_format(raw)[0] == "plain"
+    assert detect_format(load_tokenizer(str(reference_data / "tokenizers/oa-test")))[0] == "oasst"
 
 
 def test_bad_values_name_the_option_and_its_range(taught, tmp_path, capsys):
     model = str(taught("oasst"))
-    assert main(["--model", model, "--temperature", "-0.5", "--k", "5000", "--output_length", "0"], environ={}) == 2
+    assert run_chat(["--model", model, "--temperature", "-0.5", "--k", "5000", "--output_length", "0"],
+                    environ={}) == 2
     err = capsys.readouterr().err
     assert "--temperature must be >= 0 (0 means greedy), got -0.5" in err
     assert "--k must be in 0..1008 (the model's vocab; 0 disables top-k), got 5000" in err
     assert f"--output_length must be in 1..{MAX_LENGTH - 1}" in err
-    assert main(["--model", model], environ={"EXAMPLE_PROMPTS": '{"q": 1}'}) == 2
+    assert run_chat(["--model", model], environ={"EXAMPLE_PROMPTS": '{"q": 1}'}) == 2
     assert "EXAMPLE_PROMPTS: expected a JSON list of strings" in capsys.readouterr().err
-    assert main(["--model", model], environ={"EXAMPLE_PROMPTS": "[oops"}) == 2
+    assert run_chat(["--model", model], environ={"EXAMPLE_PROMPTS": "[oops"}) == 2
     assert "EXAMPLE_PROMPTS: not valid JSON" in capsys.readouterr().err
-    assert main(["--model", str(tmp_path)], environ={}) == 2
+    assert run_chat(["--model", str(tmp_path)], environ={}) == 2
     assert "holds neither config.json nor adapter_config.json" in capsys.readouterr().err

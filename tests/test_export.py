@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.config import REPO_ROOT, TrainConfig, write_resolved
-from trainer.errors import ConfigError
+from trainer.cli import main as delphi
+from trainer.config import TrainConfig, write_resolved
+from trainer.errors import ConfigError, RunError
 from trainer.export.check import check_prompts, prompt_ids, run_prompts
-from trainer.export.cli import export, main
-from trainer.data.formats import prompt_format
+from trainer.export.cli import export
+from trainer.formats import build_format, format_for
 from trainer.inference import load_for_inference
+from trainer.paths import CHECKOUT as REPO_ROOT
 
 
 def tree_hashes(directory: Path) -> dict[str, str]:
@@ -25,9 +27,9 @@ def train_adapter(base: Path, out: Path, tokenizer, mode: str) -> Path:
     """A real LoRA/QLoRA run in miniature: the trainer's model loading, 3 AdamW steps, the run's files."""
     from trainer.models import load_model
 
-    config = TrainConfig(model_name=str(base), mode=mode, dtype="fp32", lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                         residual_dropout=0.0, output_dir=str(out))
-    model = load_model(config, tokenizer).model
+    config = TrainConfig.of(model_name=str(base), mode=mode, dtype="fp32", lora_r=4, lora_alpha=8,
+                            lora_dropout=0.0, residual_dropout=0.0, output_dir=str(out))
+    model = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length).model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     batch = tokenizer(["<|prompter|>Hello there<|endoftext|><|assistant|>General Kenobi<|endoftext|>"],
                       return_tensors="pt")
@@ -46,9 +48,7 @@ def adapter_reference(run: Path, base: Path, tokenizer) -> tuple[list[torch.Tens
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trainer.data.formats import prompt_format
-
-    ids = prompt_ids(tokenizer, check_prompts(prompt_format(TrainConfig(), tokenizer)))
+    ids = prompt_ids(tokenizer, check_prompts(build_format("oasst", tokenizer)))
     base_logits = run_prompts(AutoModelForCausalLM.from_pretrained(base), ids).logits
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run)
     return run_prompts(adapted, ids).logits, base_logits
@@ -71,7 +71,7 @@ def test_lora_merge_reproduces_adapter_and_leaves_base_untouched(lora_run, tiny_
     assert {"model.safetensors", "tokenizer.json", "delphi_export.json", "README.md"} <= names
     assert "adapter_config.json" not in names
     loaded = load_for_inference(tmp_path / "merged")
-    fmt = prompt_format(loaded.config, loaded.tokenizer)
+    fmt = format_for(loaded.config.data, loaded.tokenizer)
     assert fmt.name == "oasst"
     ids = prompt_ids(loaded.tokenizer, check_prompts(fmt))
     merged_logits = run_prompts(loaded.model, ids).logits
@@ -105,7 +105,7 @@ def test_qlora_merges_into_the_unquantized_base(tiny_model_dir, tokenizer, tmp_p
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert not any(word in k for k in weights for word in ("lora_", "absmax", "quant_", "base_layer"))
     loaded = load_for_inference(tmp_path / "merged")
-    ids = prompt_ids(loaded.tokenizer, check_prompts(prompt_format(loaded.config, loaded.tokenizer)))
+    ids = prompt_ids(loaded.tokenizer, check_prompts(format_for(loaded.config.data, loaded.tokenizer)))
     adapter_logits, _ = adapter_reference(run, base, tokenizer)
     for merged, adapted in zip(run_prompts(loaded.model, ids).logits, adapter_logits):
         torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
@@ -114,7 +114,7 @@ def test_qlora_merges_into_the_unquantized_base(tiny_model_dir, tokenizer, tmp_p
 @pytest.mark.parametrize("architecture,dtype", [("mpt", "fp16"), ("falcon", "bf16")])
 def test_mpt_and_falcon_refuse_ipu_and_export_for_hf(architecture, dtype, tiny_model_dir, tmp_path, capsys):
     source = tiny_model_dir(architecture)
-    assert main([str(source), str(tmp_path / "ipu"), "--target", "ipu"]) == 2
+    assert delphi(["export", str(source), str(tmp_path / "ipu"), "--target", "ipu"]) == 2
     message = capsys.readouterr().err
     assert f"is a {architecture} model" in message and "--target hf" in message
     assert not (tmp_path / "ipu").exists()
@@ -137,7 +137,7 @@ def test_ipu_export_of_neox20b_vocab_loads_in_transformers_4_25(neox20b_tokenize
     if not venv.is_file():
         pytest.skip("no .venv-ipu: `bash scripts/setup_ipu_env.sh` creates it (scripts/test.sh does)")
     run = save_tiny_model(tmp_path / "run", "gpt_neox", neox20b_tokenizer)
-    write_resolved(TrainConfig(model_name="EleutherAI/pythia-12b", max_length=512), run)
+    write_resolved(TrainConfig.of(model_name="EleutherAI/pythia-12b", max_length=512), run)
     result = export(run, tmp_path / "ipu", target="ipu", dtype="fp16", max_shard_size="4MB", verify=True)
 
     out = tmp_path / "ipu"
@@ -181,5 +181,5 @@ def test_verify_names_the_file_at_fault(neox20b_tokenizer, tmp_path):
     tokenizer_json = json.loads((out / "tokenizer.json").read_text())
     tokenizer_json["model"]["merges"] = [m.split(" ") for m in tokenizer_json["model"]["merges"]]
     (out / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    with pytest.raises(ConfigError, match="tokenizer.json / tokenizer_config.json: AutoTokenizer"):
+    with pytest.raises(RunError, match="tokenizer.json / tokenizer_config.json: AutoTokenizer"):
         run_probe(out, ["Hi"], "<|endoftext|>")

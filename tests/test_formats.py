@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import PROMPT_FORMATS, TrainConfig
+from trainer.config import TrainConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
-from trainer.data.formats import (AiroborosFormat, AlpacaFormat, OasstFormat, PlainFormat, PromptFormat,
-                                  prompt_format)
 from trainer.errors import ConfigError, DataError
+from trainer.formats import FORMATS, PromptFormat, build_format, detect_format, format_for
+from trainer.formats.airoboros import AiroborosFormat
+from trainer.formats.alpaca import AlpacaFormat
+from trainer.formats.oasst import OasstFormat
+from trainer.formats.plain import PlainFormat
 
 EOS = "<|endoftext|>"
 
@@ -181,12 +184,26 @@ def test_generation_prompt_is_the_training_prefix_in_every_format():
 
 def test_prompt_format_follows_the_config(oa_test_tokenizer):
     expected = {"oasst": OasstFormat, "airoboros": AiroborosFormat, "alpaca": AlpacaFormat, "plain": PlainFormat}
-    for name in PROMPT_FORMATS:
-        fmt = prompt_format(TrainConfig(prompt_format=name), oa_test_tokenizer)
+    for name in FORMATS:
+        fmt = format_for(TrainConfig.of(prompt_format=name).data, oa_test_tokenizer)
         assert type(fmt) is expected[name] and fmt.system is None and fmt.eos == "<|endoftext|>"
-    fmt = prompt_format(TrainConfig(prompt_format="plain", plain_user_name="Alice", plain_bot_name="Bob",
-                                    use_system_prefix=True, system_prefix="Bob is kind."), oa_test_tokenizer)
+    data = TrainConfig.of(prompt_format="plain", plain_user_name="Alice", plain_bot_name="Bob",
+                          use_system_prefix=True, system_prefix="Bob is kind.").data
+    fmt = format_for(data, oa_test_tokenizer)
     assert rendered(fmt, conv("Hi", "Hey"))[0] == "Bob is kind.\nAlice: Hi\nBob: Hey\n"
+    assert fmt.settings() == {"name": "plain", "system": "Bob is kind.", "eos": "<|endoftext|>",
+                              "bos": oa_test_tokenizer.bos_token, "plain_user_name": "Alice",
+                              "plain_bot_name": "Bob"}
+
+
+def test_a_format_is_detected_from_its_tokens(oa_test_tokenizer):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    assert detect_format(oa_test_tokenizer) == ("oasst", "the tokenizer holds <|prompter|>, <|assistant|>, <|system|>")
+    words = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "hello": 1}, unk_token="<|endoftext|>"))
+    bare = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<|endoftext|>")
+    assert detect_format(bare) == ("plain", "the tokenizer holds no format's special tokens")
 
 
 def test_oasst_needs_the_chat_tokens(reference_data):
@@ -195,7 +212,7 @@ def test_oasst_needs_the_chat_tokens(reference_data):
     bare = PreTrainedTokenizerFast(tokenizer_file=str(reference_data / "tokenizers/gpt-neox-20b/20B_tokenizer.json"),
                                    eos_token="<|endoftext|>")
     with pytest.raises(ConfigError, match=r"lacks <\|prompter\|>.*load_tokenizer"):
-        prompt_format(TrainConfig(prompt_format="oasst"), bare)
+        build_format("oasst", bare)
 
 
 def test_turns_must_alternate_and_end_on_an_assistant_turn():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import REPO_ROOT, DatasetConfig
+from trainer.config import DatasetConfig
+from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.data.conversation import ASSISTANT, PROMPTER
 from trainer.data.jsonl import BadRecords, read_records
 from trainer.data.sources import load_source
@@ -73,7 +74,7 @@ def test_not_utf8_or_not_gzip_is_a_data_error(tmp_path):
 # Alpaca
 
 def alpaca(path, **options) -> DatasetConfig:
-    return DatasetConfig("alpaca", input_file_path=str(path), **options)
+    return DatasetConfig.of("alpaca", input_file_path=str(path), **options)
 
 
 def test_alpaca_input_goes_to_context(tmp_path):
@@ -133,7 +134,7 @@ def test_airoboros_texts_are_kept_byte_for_byte(tmp_path):
     ]
     path = tmp_path / "instructions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = load_source(DatasetConfig("airoboros", input_file_path=str(path), val_split=0.0), "no-cache")
+    data = load_source(DatasetConfig.of("airoboros", input_file_path=str(path), val_split=0.0), "no-cache")
     got = {c.origin: (c.turns[0].text, c.turns[1].text) for c in data.train}
     assert got == {f"{path}:{i}": (r["instruction"], r["response"]) for i, r in enumerate(rows, 1)}
 
@@ -142,11 +143,11 @@ def test_airoboros_missing_response_names_the_field(tmp_path):
     path = tmp_path / "instructions.jsonl"
     path.write_text('{"instruction": "hi", "output": "wrong key"}\n')
     with pytest.raises(DataError, match=f"{path}:1: missing field 'response'"):
-        load_source(DatasetConfig("airoboros", input_file_path=str(path)), "no-cache")
+        load_source(DatasetConfig.of("airoboros", input_file_path=str(path)), "no-cache")
 
 
 def test_bundled_airoboros_sample_has_closed_context_and_plainformat():
-    data = load_source(DatasetConfig("airoboros", input_file_path="data/airoboros/sample.jsonl"), "no-cache")
+    data = load_source(DatasetConfig.of("airoboros", input_file_path="data/airoboros/sample.jsonl"), "no-cache")
     instructions = [c.turns[0].text for c in data.train + data.val]
     assert any(i.startswith("BEGININPUT\nBEGINCONTEXT\n") and i.endswith("\nENDINSTRUCTION") for i in instructions)
     assert sum(i.endswith(" PLAINFORMAT") for i in instructions) >= 5

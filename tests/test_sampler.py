@@ -46,7 +46,7 @@ def test_draw_count_from_fraction_or_size():
     assert draw_count(40, size=100) == 40
     assert draw_count(3, fraction=0.1) == 1
     assert draw_count(0, fraction=0.5) == 0
-    configs = [DatasetConfig(name="alpaca", fraction=0.5), DatasetConfig(name="airoboros", size=3)]
+    configs = [DatasetConfig.of("alpaca", fraction=0.5), DatasetConfig.of("airoboros", size=3)]
     assert draw_counts(configs, [40, 25]) == [20, 3]
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import REPO_ROOT, DatasetConfig, load_config
+from trainer.config import DatasetConfig, load_config
+from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.data.conversation import ASSISTANT, PROMPTER
 from trainer.data.jsonl import BadRecords
-from trainer.data.oasst import TreeFilter, load_trees, new_counts, trees_from_records
+from trainer.data.kinds.oasst import TreeFilter, load_trees, new_counts, trees_from_records
 from trainer.data.sources import load_source, resolve_input_path
 from trainer.errors import DataError
 
@@ -20,7 +21,7 @@ SAMPLE_TREES = "data/oasst/sample_trees.jsonl"
 
 
 def oasst(path, **options) -> DatasetConfig:
-    return DatasetConfig("oasst_export", input_file_path=str(path), **options)
+    return DatasetConfig.of("oasst_export", input_file_path=str(path), **options)
 
 
 def lengths(threads) -> dict[int, int]:
@@ -72,7 +73,7 @@ def test_reference_split_is_by_tree_and_deterministic(reference_data):
     assert not tree_ids(first.train) & tree_ids(first.val)
     assert [t.origin for t in first.train] == [t.origin for t in second.train]
     assert [t.turns for t in first.val] == [t.turns for t in second.val]
-    other = load_source(DatasetConfig("oasst_export", input_file_path=ds.input_file_path, manual_seed=1),
+    other = load_source(DatasetConfig.of("oasst_export", input_file_path=ds.input_file_path, manual_seed=1),
                         "no-cache")
     assert tree_ids(other.val) != tree_ids(first.val)
 
@@ -107,7 +108,7 @@ def test_flat_rows_rebuild_the_same_threads(reference_data, tmp_path):
     rows = [row for line in path.read_text().splitlines() for row in flatten(json.loads(line))]
     rows.sort(key=lambda item: -item[0])  # every reply before its parent; siblings keep their order
     located = [(f"row {i}", row) for i, (_, row) in enumerate(rows)]
-    rules = TreeFilter.from_config(DatasetConfig("oasst_export", top_k=2))
+    rules = TreeFilter.from_options(DatasetConfig.of("oasst_export", top_k=2).options)
     rebuilt = load_trees(trees_from_records(located, BadRecords()), rules, new_counts(), BadRecords())
     direct = load_source(oasst(path, top_k=2, val_split=0.0), "no-cache")
     assert Counter(thread.turns for tree_threads in rebuilt for thread in tree_threads) == \
@@ -264,7 +265,7 @@ def test_hub_offline_fails_fast_with_advice(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError) as e:
-        load_source(DatasetConfig("alpaca"), "no-cache", hub_timeout=1.0)
+        load_source(DatasetConfig.of("alpaca"), "no-cache", hub_timeout=1.0)
     message = str(e.value)
     assert "yahma/alpaca-cleaned" in message and "offline" in message
     assert "- alpaca: {input_file_path: path/to/alpaca_data.json}" in message
@@ -272,7 +273,7 @@ def test_hub_offline_fails_fast_with_advice(monkeypatch):
 
 def test_bundled_samples_load_through_the_demo_config():
     config = load_config(["--configs", "demo-data"])
-    loaded = {ds.name: load_source(ds, config.cache_dir) for ds in config.datasets}
+    loaded = {ds.name: load_source(ds, config.data.cache_dir) for ds in config.data.datasets}
     assert {name: d.counts["train"] + d.counts["val"] for name, d in loaded.items()} == {
         "oasst_export": 73, "alpaca": 62, "airoboros": 40}
     for data in loaded.values():

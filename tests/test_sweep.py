@@ -1,4 +1,4 @@
-"""Sweeps: real trials of trainer_sft.py (subprocesses) on the tiny GPT-NeoX and the bundled alpaca sample."""
+"""Sweeps: real trials of `delphi train` (subprocesses) on the tiny GPT-NeoX and the bundled alpaca sample."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import REPO_ROOT, resolve, split_argv
+from trainer.config import resolve, split_argv
+from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.errors import ConfigError
-from trainer.sweep import load_sweep, main, plan, read_state, run_sweep, wandb_config
+from trainer.cli import main as delphi
+from trainer.sweep.spec import load_sweep
+from trainer.sweep.trials import plan, read_state, run_sweep
+from trainer.sweep.wandb_sweep import wandb_config
 
 BASE = {
     "dtype": "fp32", "max_length": 64, "num_train_epochs": 1, "per_device_train_batch_size": 4,
@@ -48,7 +52,7 @@ def grid(tiny_model_dir, tmp_path_factory):
         metric={"name": "eval_loss", "goal": "minimize", "summary": "best"},
         run_name="lr{learning_rate}-w{warmup_steps}")
     pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (a project dependency)")
-    first = main(["run", str(path)])
+    first = delphi(["sweep", "run", str(path)])
     logs = {p: p.stat().st_mtime_ns for p in (tmp / "grid").glob("*/train.log")}
     second = run_sweep(load_sweep(path))
     return path, tmp / "grid", first, logs, second
@@ -97,7 +101,7 @@ def test_the_report_table_holds_each_trials_own_metrics_sorted_by_the_metric(gri
 def test_the_plots_are_pngs_with_one_line_per_trial(grid):
     import matplotlib.image
 
-    from trainer.sweep_report import loss_figure, metric_figure, read_results
+    from trainer.sweep.report import loss_figure, metric_figure, read_results
 
     _, out, *_ = grid
     for name in ("loss_curves.png", "metric_by_parameter.png"):
@@ -148,7 +152,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_a_failing_one_is_reporte
     blob = b"".join(p.read_bytes() for p in tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert b"killres" in blob and b"model_name=" in blob  # the sweep's group and the trial's tags
 
-    from trainer.sweep_report import read_results, table
+    from trainer.sweep.report import read_results, table
 
     rows = table(*read_results(tmp_path / "killres"))
     assert [(r["trial"], r["status"]) for r in rows] == [("trial1", "finished"), ("trial0", "failed")]
@@ -169,7 +173,7 @@ def test_random_search_is_reproducible_and_within_bounds(tiny_model_dir, tmp_pat
     assert {p["lora_r"] for p in params} == set(range(4, 10)) and {p["lr_scheduler_type"] for p in params} == {
         "linear", "cosine"}
     assert min(p["learning_rate"] for p in params) < 1e-4 < 1e-3 < max(p["learning_rate"] for p in params)
-    assert [t.config.lora_r for t in first] == [p["lora_r"] for p in params]
+    assert [t.config.adapters.lora_r for t in first] == [p["lora_r"] for p in params]
     other = write_sweep(tmp_path, tiny_model_dir("gpt_neox"), "random", **{**spec, "seed": 4})
     assert [t.params for t in plan(load_sweep(other))] != params
 
@@ -186,12 +190,12 @@ def test_every_parameter_is_checked_against_the_config_schema_before_anything_ru
     with pytest.raises(ConfigError) as error:
         load_sweep(path)
     assert f"{path}:" in str(error.value) and message in str(error.value)
-    assert main(["run", str(path)]) == 2 and not (tmp_path / "bad").exists()
+    assert delphi(["sweep", "run", str(path)]) == 2 and not (tmp_path / "bad").exists()
 
 
 def test_dry_run_lists_trials_and_overrides(tiny_model_dir, tmp_path, capsys):
     path = write_sweep(tmp_path, tiny_model_dir("gpt_neox"), "dry", parameters={"mode": ["full", "lora"]})
-    assert main(["run", str(path), "--dry-run"]) == 0
+    assert delphi(["sweep", "run", str(path), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines() == ["[0] dry-000 (new): --mode=full", "[1] dry-001 (new): --mode=lora"]
     assert not (tmp_path / "dry").exists()
 
@@ -222,8 +226,8 @@ def test_the_wandb_sweep_config_passes_wandbs_validation_and_its_agent_args_reac
                   "log_wandb": {"value": True}}
     argv = config["command"][3:-1] + create_sweep_command_args({"args": suggestion})["args"]
     assert "--learning_rate=0.0001" in argv and "--log_wandb=True" in argv
-    trained = resolve(split_argv(argv))
-    assert (trained.learning_rate, trained.mode, trained.report_to, trained.log_wandb) == (1e-4, "lora", "wandb", True)
-    assert trained.wandb_group == "wb" and trained.output_dir == f"{tmp_path / 'wb'}/$WANDB_RUN_ID"
+    trained = resolve(split_argv(argv)).flat()
+    assert [trained[k] for k in ("learning_rate", "mode", "report_to", "log_wandb")] == [1e-4, "lora", "wandb", True]
+    assert trained["wandb_group"] == "wb" and trained["output_dir"] == f"{tmp_path / 'wb'}/$WANDB_RUN_ID"
     assert resolve(split_argv(["--configs", "sweep-base", "--config_file", str(tmp_path / "sections.yaml"),
-                               "--learning_rate=1e-4"])).learning_rate == 1e-4
+                               "--learning_rate=1e-4"])).optim.learning_rate == 1e-4

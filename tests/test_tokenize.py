@@ -8,7 +8,7 @@ import pytest
 
 from trainer.config import TrainConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
-from trainer.data.formats import prompt_format
+from trainer.formats import format_for
 from trainer.tokens import IGNORE_INDEX
 from trainer.data.tokenize import SegmentEncoder, encode, encode_all, encode_prompt
 from trainer.tokens import padded_vocab_size
@@ -21,9 +21,9 @@ def conv(*texts: str, context: str = "") -> Conversation:
 
 
 def fmt_for(tokenizer, name: str = "oasst", system: str | None = None):
-    config = TrainConfig(prompt_format=name, use_system_prefix=system is not None,
-                         **({"system_prefix": system} if system is not None else {}))
-    return prompt_format(config, tokenizer)
+    config = TrainConfig.of(prompt_format=name, use_system_prefix=system is not None,
+                            **({"system_prefix": system} if system is not None else {}))
+    return format_for(config.data, tokenizer)
 
 
 def trained_ids(sample) -> list[int]:

@@ -24,13 +24,13 @@ def tiny_config(tmp_path: Path, model_dir: Path, **overrides) -> TrainConfig:
                 num_train_epochs=1, per_device_train_batch_size=2, per_device_eval_batch_size=4,
                 gradient_accumulation_steps=1, warmup_steps=0, max_grad_norm=1.0, logging_steps=1,
                 eval_steps=1000, save_steps=1000, report_to="none", max_length=64)
-    return TrainConfig(**(base | overrides))
+    return TrainConfig.of(**(base | overrides))
 
 
 def run(config, tokenizer, train_sets, val_sets=None, shuffle=True, callbacks=(), data_report=None):
-    model = AutoModelForCausalLM.from_pretrained(config.model_name)
+    model = AutoModelForCausalLM.from_pretrained(config.model.model_name)
     return train(config, model, tokenizer, train_sets, val_sets or {}, collator(tokenizer),
-                 distributed_sampler(config.rng_seed, shuffle=shuffle), data_report=data_report,
+                 distributed_sampler(config.optim.rng_seed, shuffle=shuffle), data_report=data_report,
                  callbacks=callbacks)
 
 
@@ -62,7 +62,7 @@ def test_overfit_run_logs_evaluates_saves_and_writes_offline_wandb(tokenizer, ti
     assert last["trained_tokens"] == 12 * trained and 0 < last["padding_fraction"] < 1
     assert last["trained_tokens_per_second"] > 0 and last["peak_memory_gib"] > 0
 
-    out = Path(config.output_dir)
+    out = Path(config.outputs.output_dir)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "resolved_config.yaml"):
         assert (out / name).is_file(), name
     assert "wandb_run_name: overfit" in (out / "resolved_config.yaml").read_text()
@@ -189,10 +189,9 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(toke
 
 
 def test_entry_point_prints_config_errors_without_traceback(capsys):
-    sys.path.insert(0, str(REPO))
-    from scripts.trainer_sft import main
+    from trainer.cli import main
 
-    assert main(["--configs", "defaults", "--learning_rat", "1e-4", "--local_rank=0"]) == 2
+    assert main(["train", "--configs", "defaults", "--learning_rat", "1e-4", "--local_rank=0"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'learning_rat' (did you mean 'learning_rate'?)" in err and "Traceback" not in err
 

@@ -1,11 +1,11 @@
-"""`trainer_sft.py` end to end in-process: the production wiring of config, data builder, sampler, collator
-(packing included), model loading and training, on the bundled data and tiny real models."""
+"""`delphi train` (what `trainer_sft.py` runs) end to end in-process: the recipe's wiring of config, data builder,
+sampler, collator (packing included), model loading and training, on the bundled data and tiny real models."""
 import json
 
 import pytest
 
-from scripts.trainer_sft import main
-from trainer.config import REPO_ROOT
+from trainer.cli import main
+from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.run_log import read_metrics
 
 
@@ -23,7 +23,7 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
         "num_train_epochs": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
         "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "eval_steps": 4, "save_steps": 100}}
     (tmp_path / "run.yaml").write_text(json.dumps(section))
-    assert main(["--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
+    assert main(["train", "--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
 
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]

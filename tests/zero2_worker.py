@@ -43,7 +43,7 @@ class Record(TrainerCallback):
 def main(model_dir: str, tmp: str) -> None:
     tmp_path = Path(tmp)
     tokenizer = load_tokenizer(model_dir)
-    config = TrainConfig(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / "out"), deepspeed=True,
+    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / "out"), deepspeed=True,
                          deepspeed_config=str(tmp_path / "zero2.json"), learning_rate=1e-3, num_train_epochs=2,
                          per_device_train_batch_size=1, gradient_accumulation_steps=2, warmup_steps=1,
                          logging_steps=1, save_steps=6, eval_steps=3, report_to="none", max_length=32)
@@ -51,7 +51,7 @@ def main(model_dir: str, tmp: str) -> None:
     samples = qa_samples(tokenizer, 10)
     rank = int(os.environ["RANK"])
     train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
-          distributed_sampler(config.rng_seed), callbacks=[Record(tmp_path / f"rank{rank}.json")])
+          distributed_sampler(config.optim.rng_seed), callbacks=[Record(tmp_path / f"rank{rank}.json")])
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ from typing import Callable, Sequence, TextIO
 import numpy as np
 from transformers import set_seed
 
-from trainer.config import TrainConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Turn
-from trainer.data.formats import PromptFormat, prompt_format
-from trainer.data.tokenize import SegmentEncoder, encode_prompt
-from trainer.errors import ConfigError, DelphiError
+from trainer.data.tokenize import SegmentEncoder, encode_prompt, fit_exchanges
+from trainer.errors import ConfigError, RunError
+from trainer.formats import PromptFormat, build_format, detect_format, format_for
 from trainer.generation import Reply, SamplingOptions, generate_reply
-from trainer.inference import InferenceModel, context_length, default_format_name, load_for_inference
+from trainer.inference import InferenceModel, context_length, load_for_inference
 
 PROMPT_LABEL = "Prompter:"
 REPLY_LABEL = "Assistant:"
@@ -35,14 +34,15 @@ def fit_history(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncode
                 limit: int) -> tuple[np.ndarray, int]:
     """The prompt ids for `turns` (history ending with the new prompter turn) in at most `limit` tokens, and how
     many turns were dropped: whole exchanges, oldest first; the header (system prompt) always stays."""
-    dropped = 0
-    ids = encode_prompt(turns, fmt, encoder, system)
-    while len(ids) > limit and dropped + 1 < len(turns):
-        dropped += 2
-        ids = encode_prompt(turns[dropped:], fmt, encoder, system)
+
+    def measure(kept: Sequence[Turn]) -> tuple[int, np.ndarray]:
+        ids = encode_prompt(kept, fmt, encoder, system)
+        return len(ids), ids
+
+    dropped, ids = fit_exchanges(turns, measure, limit, keep=1)
     if len(ids) > limit:
-        raise ConfigError(f"the prompt alone is {len(ids)} tokens, but only {limit} fit the context with the "
-                          f"room kept for the reply; shorten it or lower --output_length")
+        raise RunError(f"the prompt alone is {len(ids)} tokens, but only {limit} fit the context with the "
+                       f"room kept for the reply; shorten it or lower --output_length")
     return ids, dropped
 
 
@@ -112,7 +112,7 @@ def chat(session: ChatSession, read: Callable[[], str]) -> int:
     while text := read():
         try:
             session.respond(text)
-        except ConfigError as e:
+        except RunError as e:  # this prompt only: the chat goes on
             print(f"error: {e}", file=sys.stderr)
             continue
         replies += 1
@@ -122,16 +122,17 @@ def chat(session: ChatSession, read: Callable[[], str]) -> int:
 def chat_format(loaded: InferenceModel) -> tuple[PromptFormat, str]:
     """The prompt format training used, and a line saying where it came from."""
     if loaded.config is not None:
-        how = f"prompt format: {loaded.config.prompt_format} (from the run's resolved config)"
-        return prompt_format(loaded.config, loaded.tokenizer), how
-    name = default_format_name(loaded.tokenizer)
-    why = "the tokenizer has <|prompter|>" if name == "oasst" else "the tokenizer has no <|prompter|>"
+        how = f"prompt format: {loaded.config.data.prompt_format} (from the run's resolved config)"
+        return format_for(loaded.config.data, loaded.tokenizer), how
+    name, why = detect_format(loaded.tokenizer)
     how = f"prompt format: {name} (no resolved_config.yaml, and {why})"
-    return prompt_format(TrainConfig(prompt_format=name), loaded.tokenizer), how
+    return build_format(name, loaded.tokenizer), how
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainer.chat", description=__doc__.split("\n\n")[0])
+    from trainer.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="delphi chat", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a training output or an exported model directory")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; 1 = the model's distribution")
     parser.add_argument("--k", type=int, default=5, help="top-k; 0 disables it (default 5)")
@@ -148,27 +149,27 @@ def int_or_none(value: str) -> int | None:
     return None if value.lower() in ("none", "null") else int(value)
 
 
-def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
+    """`delphi chat`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
+    args = parse_args(argv)
+    options = SamplingOptions(args.temperature, args.k, args.output_length)
+    prompts = example_prompts(dict(os.environ) if environ is None else environ)
+    loaded = load_for_inference(args.model)
+    fmt, how = chat_format(loaded)
+    for note in [*loaded.notes, how]:
+        print(note, file=sys.stderr)
+    if args.seed is not None:
+        set_seed(args.seed)
+    system = fmt.system if args.system is None else args.system or None
+    session = ChatSession(loaded, fmt, options, system)
     try:
-        options = SamplingOptions(args.temperature, args.k, args.output_length)
-        prompts = example_prompts(dict(os.environ) if environ is None else environ)
-        loaded = load_for_inference(args.model)
-        fmt, how = chat_format(loaded)
-        for note in [*loaded.notes, how]:
-            print(note, file=sys.stderr)
-        if args.seed is not None:
-            set_seed(args.seed)
-        system = fmt.system if args.system is None else args.system or None
-        session = ChatSession(loaded, fmt, options, system)
         chat(session, prompt_reader(prompts, sys.stdout))
-    except DelphiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except (EOFError, KeyboardInterrupt):
         print(file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainer.cli import main as delphi
+
+    sys.exit(delphi(["chat", *sys.argv[1:]]))

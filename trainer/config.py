@@ -1,16 +1,18 @@
 """Typed run configuration: YAML sections merged in order, then `--key value` flags on top.
 
 `--configs defaults reference-data reference-pythia-12b --num_train_epochs 8` reads every section of every
-`configs/*.yaml` (plus `--config_file` files), applies `defaults` first and then each named section in order
-(nested mappings merge key by key, lists and scalars replace), then the flags. The result is one frozen
-`TrainConfig`; unknown keys and wrong types are reported all at once, each with where it came from.
+config file Delphi carries (`configs/*.yaml`) plus `--config_file` files, applies `defaults` first and then each
+named section in order (nested mappings merge key by key, lists and scalars replace), then the flags. The result
+is one frozen `TrainConfig` made of groups (model, adapters, data, optimisation, schedule, logging, outputs);
+YAML files and flags use OASST's flat key names, each of which belongs to exactly one group. Unknown keys and
+wrong types are reported all at once, each with where it came from.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
+import os
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,19 +20,11 @@ from typing import Any
 
 import yaml
 
+from trainer.data.kinds import KINDS
 from trainer.errors import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
-
-
-def repo_relative(path: str) -> str:
-    """A relative path that does not exist from here is taken from the repository (the demo's
-    `.cache/tiny/...`, `configs/zero2.json`); anything else, a hub name included, is returned as given."""
-    local = Path(path)
-    if local.is_absolute() or local.exists() or not (REPO_ROOT / local).exists():
-        return path
-    return str(REPO_ROOT / local)
+from trainer.formats import FORMATS
+from trainer.paths import CONFIG_DIR
+from trainer.schema import at_least, build, check, comma_list, fields_of, finite_positive, nearest, option
 
 # OASST `config.yaml` keys that Delphi deliberately does not have, with what to do instead.
 RETIRED_OASST_KEYS = {
@@ -48,61 +42,49 @@ RETIRED_OASST_KEYS = {
     "eval_accumulation_steps": "evaluation keeps no logits, so there is nothing to accumulate",
     "freeze_layer": "use LoRA to train a subset of the weights",
 }
-
-
-class FieldProblems(ConfigError):
-    """Out-of-range values found when a TrainConfig is built; `build_config` adds where each value came from."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        super().__init__("invalid config:\n  " + "\n  ".join(f"'{k}' {m}" for k, m in problems))
-        self.problems = problems
+SEED_LIMIT = 2**32  # numpy's legacy seeding, which transformers' set_seed uses, takes 0 .. 2**32 - 1
+MAX_EPOCHS = 10_000
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Datasets
 
 @dataclass(frozen=True)
-class DatasetKind:
-    hub_name: str | None  # where `datasets.load_dataset` finds it when no local file is given
-    val_split: float  # the upstream default for this source
-    options: frozenset[str] = frozenset()  # options beyond the common ones
-
-
-DATASET_KINDS = {
-    # OASST's defaults: val_split 0.2, lang "en", top_k None.
-    "oasst_export": DatasetKind(
-        "OpenAssistant/oasst1", 0.2,
-        frozenset({"lang", "top_k", "tree_state", "include_deleted", "include_synthetic", "include_spam"})),
-    # OASST's `alpaca` entry means yahma/alpaca-cleaned, split 80/20.
-    "alpaca": DatasetKind("yahma/alpaca-cleaned", 0.2),
-    # The qlora fork holds out 10% of a local file.
-    "airoboros": DatasetKind("jondurbin/airoboros-gpt4-1.4", 0.1),
-}
-
-
-@dataclass(frozen=True)
 class DatasetConfig:
-    """One entry of the `datasets:` list."""
+    """One entry of the `datasets:` list: the options every kind has, plus the kind's own (`options`)."""
 
-    name: str  # one of DATASET_KINDS
-    input_file_path: str | None = None  # local JSON/JSONL(.gz); relative paths: see `resolve_input_path`
-    hub_name: str | None = None  # defaults to the kind's hub name; used only without input_file_path
-    val_split: float | None = None  # None: the kind's default
-    fraction: float = 1.0  # share of the training split to use (per epoch with use_custom_sampler)
-    size: int | None = None  # absolute number of training samples instead of a fraction
-    manual_seed: int = 287631038922  # OASST's split seed
-    skip_bad_lines: bool = False  # skip and count malformed lines instead of stopping at the first
-    # oasst_export only
-    lang: str = "en"  # comma list, checked on the tree's root prompt
-    top_k: int | None = None  # keep only replies ranked better than k (unranked only children pass)
-    tree_state: str = "ready_for_export"  # comma list
-    include_deleted: bool = False
-    include_synthetic: bool = False
-    include_spam: bool = False  # root prompts whose review_result is false or null
+    name: str = option("", "the dataset kind")
+    input_file_path: str | None = option(None, "local JSON/JSONL(.gz) file; relative: cache_dir, cwd, repository")
+    hub_name: str | None = option(None, "hub dataset, used without input_file_path; none: the kind's")
+    val_split: float | None = option(None, "held-out share; none: the kind's")
+    fraction: float = option(1.0, "share of the training split to use (per epoch with use_custom_sampler)")
+    size: int | None = option(None, "number of training samples to use instead of a fraction")
+    manual_seed: int = option(287631038922, "split seed (OASST's)")
+    skip_bad_lines: bool = option(False, "skip and count malformed lines instead of stopping at the first")
+    options: Any = None  # the kind's options object (`DatasetKind.options`), None for kinds without any
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.effective_val_split < 1.0:
+            problems.append(("val_split", f"must be in [0, 1), got {self.val_split}"))
+        if not 0.0 < self.fraction <= 1.0:
+            problems.append(("fraction", f"must be in (0, 1], got {self.fraction}"))
+        if self.size is not None and self.size < 1:
+            problems.append(("size", f"must be at least 1, got {self.size}"))
+        if self.size is not None and self.fraction != 1.0:
+            problems.append(("size", "give 'fraction' or 'size', not both"))
+        if not 0 <= self.manual_seed < 2**64:
+            problems.append(("manual_seed", f"must be in 0..2**64-1, got {self.manual_seed}"))
+        check(problems)
+
+    @classmethod
+    def of(cls, name: str, **values: Any) -> DatasetConfig:
+        """An entry from Python values, checked as a YAML entry would be (kind options given flat)."""
+        return parse_datasets([{name: values}], "DatasetConfig.of")[0]
 
     @property
-    def kind(self) -> DatasetKind:
-        return DATASET_KINDS[self.name]
+    def kind(self):
+        return KINDS[self.name]
 
     @property
     def effective_val_split(self) -> float:
@@ -113,136 +95,293 @@ class DatasetConfig:
         return self.hub_name or self.kind.hub_name
 
     def option_items(self) -> dict[str, Any]:
-        """The options that apply to this kind, for cache keys and reports."""
-        allowed = COMMON_DATASET_OPTIONS | self.kind.options
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in allowed | {"name"}}
+        """Every option of the entry, the kind's own included, for cache keys, reports and resolved configs."""
+        common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return common | (dataclasses.asdict(self.options) if self.options is not None else {})
 
 
-COMMON_DATASET_OPTIONS = frozenset(
-    {"input_file_path", "hub_name", "val_split", "fraction", "size", "manual_seed", "skip_bad_lines"})
+COMMON_DATASET_OPTIONS = tuple(f for f in fields_of(DatasetConfig) if f not in ("name", "options"))
+
+
+def kind_options(name: str) -> tuple[str, ...]:
+    cls = KINDS[name].options
+    return tuple(fields_of(cls)) if cls else ()
+
+
+def parse_datasets(items: Any, where: str) -> tuple[DatasetConfig, ...]:
+    """`datasets:` entries are a bare name (`- alpaca`) or a one-key mapping (`- oasst_export: {lang: en}`)."""
+    if items is None:
+        return ()
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{where}: 'datasets' must be a list of dataset entries, got {items!r}")
+    out, problems = [], []
+    for i, item in enumerate(items):
+        here = f"{where}: datasets[{i}]"
+        if isinstance(item, DatasetConfig):
+            out.append(item)
+            continue
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, options), = item.items()
+            options = options or {}
+        elif isinstance(item, dict) and sum(v is None for v in item.values()) == 1 and \
+                next(k for k, v in item.items() if v is None) in KINDS:
+            # The model card's YAML: options indented at the name's own column parse as siblings of it.
+            name = next(k for k, v in item.items() if v is None)
+            options = {k: v for k, v in item.items() if k != name}
+            print(f"warning: {here}: the options of '{name}' ({', '.join(options)}) sit at the same indentation "
+                  f"as '{name}:'; read them as its options (indent them one level deeper to silence this)",
+                  file=sys.stderr)
+        else:
+            problems.append(f"{here}: expected a dataset name or a mapping '{{name: {{options}}}}', got {item!r}")
+            continue
+        if name not in KINDS:
+            problems.append(f"{here}: unknown dataset '{name}'{nearest(str(name), KINDS)}; known: {', '.join(KINDS)}")
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"{here}: options of '{name}' must be a mapping, got {options!r}")
+            continue
+        entry, entry_problems = _dataset_entry(name, options, f"{here} ({name})")
+        problems += entry_problems
+        if entry is not None:
+            out.append(entry)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return tuple(out)
+
+
+def _dataset_entry(name: str, options: dict[str, Any], here: str) -> tuple[DatasetConfig | None, list[str]]:
+    own = kind_options(name)
+    common, specific, problems = {}, {}, []
+    for key, value in options.items():
+        if key in COMMON_DATASET_OPTIONS:
+            common[key] = value
+        elif key in own:
+            specific[key] = value
+        else:
+            other = [k for k in KINDS if key in kind_options(k)]
+            hint = f"; it applies to {', '.join(other)} only" if other else nearest(key, COMMON_DATASET_OPTIONS + own)
+            problems.append(f"{here}: unknown option '{key}'{hint}")
+    kind_cls = KINDS[name].options
+    extra = None
+    if kind_cls is not None:
+        extra, found = build(kind_cls, specific, lambda _key: here)
+        problems += found
+    entry, found = build(DatasetConfig, {"name": name, **common}, lambda _key: here)
+    problems += found
+    if problems or entry is None:
+        return None, problems
+    return dataclasses.replace(entry, options=extra), []
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The run
+# The run, in groups
 
-PROMPT_FORMATS = ("oasst", "airoboros", "alpaca", "plain")
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("full", "lora", "qlora")
-QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # Model and tokenizer
-    model_name: str | None = None  # hub name or local directory
-    tokenizer_name: str | None = None  # defaults to model_name
-    prompt_format: str = field(default="oasst", metadata={"choices": PROMPT_FORMATS})
-    plain_user_name: str = "User"  # the `plain` format's "Name: text" speaker names
-    plain_bot_name: str = "Assistant"
-    pad_vocab_size_to_multiple_of: int = 16  # embedding rows round up to this (OASST: 16)
-    dtype: str = field(default="fp16", metadata={"choices": DTYPES})
-    residual_dropout: float = 0.1
-    use_flash_attention: bool = False
-    gradient_checkpointing: bool = False
-    # Fine-tuning mode. Where the qlora fork has a flag, the name is the same (`--lora_r 64 --mpt True`).
-    mode: str = field(default="full", metadata={"choices": MODES})  # qlora: 4-bit base + LoRA adapters
-    lora_r: int = 16  # OASST HEAD's LoRA defaults: r 16, alpha 32, dropout 0.05
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all"  # comma list of module names, or "all": every linear layer but the output head
-    quant_type: str = field(default="nf4", metadata={"choices": QUANT_TYPES})  # qlora only
-    double_quant: bool = True  # qlora only: quantize the quantization constants too
-    mpt: bool = False  # the checkpoint must be MPT; its max_seq_len grows to max_length (ALiBi)
-    trust_remote_code: bool = False  # run the checkpoint's own modelling code instead of transformers' class
-
-    # Data
-    datasets: tuple[DatasetConfig, ...] = ()
-    max_length: int = 512
-    val_max_length: int | None = None  # defaults to max_length
-    label_masking: bool = True  # false: train on prompts too, not only on assistant replies
-    use_system_prefix: bool = False
-    system_prefix: str = (
-        "You are Joi, a large language model trained by Open-Assistant. Answer as concisely as possible.\n"
-        "Knowledge cutoff: 2021-09-01\nCurrent date: 2023-03-12")
-    use_custom_sampler: bool = False  # per-dataset fraction/size drawn anew each epoch
-    sort_by_length: bool = False  # batches of similar length (less padding)
-    packing: bool = False  # several samples per row, isolated by position ids
-    cache_dir: str = ".cache"  # tokenized-dataset cache; relative dataset paths are looked up here first
-
-    # Optimisation
-    rng_seed: int = 0xA1221F97
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 3
-    per_device_train_batch_size: int = 2
-    per_device_eval_batch_size: int = 2
-    gradient_accumulation_steps: int = 32
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1e-12
-    weight_decay: float = 0.0
-    warmup_steps: int = 600
-    max_grad_norm: float = 2.0
-    deepspeed: bool = False
-    deepspeed_config: str = "configs/zero2.json"
-
-    # Bookkeeping
-    output_dir: str = "saved_model"
-    log_dir: str = "base"
-    eval_steps: int = 200
-    save_steps: int = 1000
-    save_total_limit: int = 4
-    logging_steps: int = 10
-    log_wandb: bool = True
-    verbose: bool = False
-
-    # Training run (trainer/train.py)
-    lr_scheduler_type: str = field(default="linear", metadata={"choices": ("linear", "cosine")})  # without
-    # DeepSpeed; under DeepSpeed the JSON's scheduler (WarmupDecayLR in configs/zero2.json) is used
-    resume_from_checkpoint: str | None = None  # a checkpoint directory; unset: the newest one in output_dir, if any
-    report_to: str = field(default="wandb", metadata={"choices": ("wandb", "none")})  # and log_wandb must be true
-    wandb_project: str = "delphi"
-    wandb_entity: str | None = None
-    wandb_run_name: str | None = None
-    wandb_group: str | None = None
-    wandb_tags: str | None = None  # comma list
+class ModelConfig:
+    model_name: str | None = option(None, "hub name or local directory of the model to fine-tune")
+    tokenizer_name: str | None = option(None, "hub name or directory of the tokenizer; none: model_name's")
+    dtype: str = option("fp16", "compute precision (mixed precision on GPUs; trained weights stay fp32)",
+                        choices=DTYPES)
+    residual_dropout: float = option(0.1, "dropout on the attention and MLP outputs before the residual add")
+    use_flash_attention: bool = option(False, "flash-attention 2 where it is installed on CUDA, else SDPA")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    pad_vocab_size_to_multiple_of: int = option(16, "embedding rows round up to a multiple of this (OASST: 16)")
+    mpt: bool = option(False, "the checkpoint must be MPT (the qlora fork's --mpt); max_seq_len grows to max_length")
+    trust_remote_code: bool = option(False, "run the checkpoint's own modelling code instead of transformers'")
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "pad_vocab_size_to_multiple_of", "eval_steps", "save_steps",
-                     "logging_steps", "lora_r", "lora_alpha"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"must be at least 1, got {getattr(self, name)}"))
-        for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                problems.append((name, f"must be at least 0, got {getattr(self, name)}"))
-        for name in ("learning_rate", "num_train_epochs"):
-            if getattr(self, name) <= 0:
-                problems.append((name, f"must be greater than 0, got {getattr(self, name)}"))
-        if self.val_max_length is not None and not 1 <= self.val_max_length <= self.max_length:
-            problems.append(("val_max_length", f"must be in 1..max_length ({self.max_length}): evaluation batches "
-                                               f"are collated like training ones, got {self.val_max_length}"))
-        for name in ("residual_dropout", "lora_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
-        if problems:
-            raise FieldProblems(problems)
+        problems = at_least(self, 1, "pad_vocab_size_to_multiple_of")
+        if not 0.0 <= self.residual_dropout < 1.0:
+            problems.append(("residual_dropout", f"must be in [0, 1), got {self.residual_dropout}"))
+        check(problems)
+
+    @property
+    def tokenizer(self) -> str | None:
+        """The tokenizer to load: tokenizer_name, else the model's own."""
+        return self.tokenizer_name or self.model_name
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    mode: str = option("full", "full fine-tuning, LoRA adapters, or QLoRA (4-bit base + LoRA)", choices=MODES)
+    lora_r: int = option(16, "LoRA rank (the qlora flag name; OASST's default)")
+    lora_alpha: int = option(32, "LoRA scaling numerator")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_target_modules: str = option("all", "comma list of module names, or all: every linear layer but the head")
+    quant_type: str = option("nf4", "qlora: 4-bit data type", choices=("nf4", "fp4"))
+    double_quant: bool = option(True, "qlora: quantize the quantization constants too")
+
+    def __post_init__(self) -> None:
+        problems = at_least(self, 1, "lora_r", "lora_alpha")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}"))
+        check(problems)
 
     @property
     def lora_targets(self) -> str | list[str]:
         """peft's `target_modules`: "all-linear" for `all`, else the listed module names."""
-        if self.lora_target_modules == "all":
-            return "all-linear"
-        return [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
+        return "all-linear" if self.lora_target_modules == "all" else comma_list(self.lora_target_modules)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    datasets: tuple[DatasetConfig, ...] = option((), "the datasets: names, or {name: {options}}")
+    prompt_format: str = option("oasst", "how conversations are rendered", choices=tuple(FORMATS))
+    plain_user_name: str = option("User", "plain format: the user's speaker name")
+    plain_bot_name: str = option("Assistant", "plain format: the assistant's speaker name")
+    use_system_prefix: bool = option(False, "put system_prefix before every conversation")
+    system_prefix: str = option(
+        "You are Joi, a large language model trained by Open-Assistant. Answer as concisely as possible.\n"
+        "Knowledge cutoff: 2021-09-01\nCurrent date: 2023-03-12", "the system prompt used with use_system_prefix")
+    max_length: int = option(512, "tokens per training sample; longer ones lose their oldest exchanges")
+    val_max_length: int | None = option(None, "tokens per validation sample; none: max_length")
+    label_masking: bool = option(True, "train only on assistant replies (false: on every token)")
+    use_custom_sampler: bool = option(False, "draw each dataset's fraction/size anew every epoch")
+    sort_by_length: bool = option(False, "batch samples of similar length together (less padding)")
+    packing: bool = option(False, "several samples per row, isolated from each other")
+    cache_dir: str = option(".cache", "tokenized-dataset cache; relative dataset paths are looked up here first")
+
+    def __post_init__(self) -> None:
+        problems = at_least(self, 1, "max_length")
+        if self.val_max_length is not None and not 1 <= self.val_max_length <= self.max_length:
+            problems.append(("val_max_length", f"must be in 1..max_length ({self.max_length}): evaluation batches "
+                                               f"are collated like training ones, got {self.val_max_length}"))
+        check(problems)
 
     @property
-    def effective_tokenizer_name(self) -> str | None:
-        return self.tokenizer_name or self.model_name
+    def system(self) -> str | None:
+        """The configured system prompt, None when `use_system_prefix` is off."""
+        return self.system_prefix if self.use_system_prefix else None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class OptimConfig:
+    rng_seed: int = option(0xA1221F97, "seed for initialisation, dropout, sampling and shuffling")
+    learning_rate: float = option(1e-5, "peak learning rate")
+    per_device_train_batch_size: int = option(2, "samples per micro-batch per device")
+    per_device_eval_batch_size: int = option(2, "samples per evaluation batch per device")
+    gradient_accumulation_steps: int = option(32, "micro-batches per optimizer step")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.95, "AdamW beta2")
+    adam_epsilon: float = option(1e-12, "AdamW epsilon")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(2.0, "gradient clipping norm")
+    deepspeed: bool = option(False, "train under DeepSpeed with deepspeed_config")
+    deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config)")
+
+    def __post_init__(self) -> None:
+        problems = at_least(self, 1, "per_device_train_batch_size", "per_device_eval_batch_size",
+                            "gradient_accumulation_steps")
+        problems += finite_positive(self, "learning_rate")
+        for name in ("weight_decay", "max_grad_norm", "adam_epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append((name, f"must be a finite number of at least 0, got {value}"))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
+        if not 0 <= self.rng_seed < SEED_LIMIT:
+            problems.append(("rng_seed", f"must be in 0..{SEED_LIMIT - 1}, got {self.rng_seed}"))
+        check(problems)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    num_train_epochs: float = option(3.0, "passes over the training data (fractions allowed)")
+    warmup_steps: int = option(600, "optimizer steps of linear warm-up")
+    lr_scheduler_type: str = option("linear", "decay after warm-up, without DeepSpeed (with it: the JSON's "
+                                              "scheduler)", choices=("linear", "cosine"))
+    eval_steps: int = option(200, "evaluate every this many optimizer steps")
+    save_steps: int = option(1000, "save a checkpoint every this many optimizer steps")
+
+    def __post_init__(self) -> None:
+        problems = at_least(self, 1, "eval_steps", "save_steps") + at_least(self, 0, "warmup_steps")
+        problems += finite_positive(self, "num_train_epochs")
+        if self.num_train_epochs > MAX_EPOCHS:
+            problems.append(("num_train_epochs", f"must be at most {MAX_EPOCHS:,}, got {self.num_train_epochs:g}"))
+        check(problems)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    logging_steps: int = option(10, "log training metrics every this many optimizer steps")
+    log_wandb: bool = option(True, "log to wandb (with report_to: wandb)")
+    report_to: str = option("wandb", "where metrics go besides metrics.jsonl", choices=("wandb", "none"))
+    wandb_project: str = option("delphi", "wandb project")
+    wandb_entity: str | None = option(None, "wandb entity (team or user)")
+    wandb_run_name: str | None = option(None, "wandb run name")
+    wandb_group: str | None = option(None, "wandb group (a sweep sets it)")
+    wandb_tags: str | None = option(None, "comma list of wandb tags")
+    log_dir: str = option("base", "OASST's run label")
+    verbose: bool = option(False, "OASST's verbose switch")
+
+    def __post_init__(self) -> None:
+        check(at_least(self, 1, "logging_steps"))
+
+    @property
+    def wants_wandb(self) -> bool:
+        return self.log_wandb and self.report_to == "wandb"
+
+    @property
+    def tags(self) -> list[str]:
+        return comma_list(self.wandb_tags)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    output_dir: str = option("saved_model", "where the model, checkpoints and metrics go ($VARS are expanded)")
+    save_total_limit: int = option(4, "checkpoints kept")
+    resume_from_checkpoint: str | None = option(None, "a checkpoint directory to resume from (default: the newest "
+                                                      "in output_dir)")
+
+    def __post_init__(self) -> None:
+        check(at_least(self, 1, "save_total_limit"))
+
+
+# The groups in the order --help lists them, with their titles.
+GROUPS: dict[str, tuple[str, type]] = {
+    "model": ("model", ModelConfig),
+    "adapters": ("LoRA / QLoRA", AdapterConfig),
+    "data": ("data", DataConfig),
+    "optim": ("optimisation", OptimConfig),
+    "schedule": ("schedule", ScheduleConfig),
+    "logging": ("logging", LoggingConfig),
+    "outputs": ("outputs", OutputConfig),
+}
+KEY_GROUP: dict[str, str] = {key: group for group, (_, cls) in GROUPS.items() for key in fields_of(cls)}
+TYPE_HINTS = {group: typing.get_type_hints(cls) for group, (_, cls) in GROUPS.items()}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def of(cls, **values: Any) -> TrainConfig:
+        """A config from flat keys in Python values (tests, benchmarks), checked as YAML values would be."""
+        return build_config(values, {})
+
+    def replace(self, **values: Any) -> TrainConfig:
+        """A copy with some flat keys changed, checked again."""
+        return build_config(self.flat() | values, {})
+
+    def flat(self) -> dict[str, Any]:
+        """Every key under its flat (OASST) name: what YAML, the command line and resolved_config.yaml use."""
+        out = {key: getattr(getattr(self, group), key) for key, group in KEY_GROUP.items()}
         out["datasets"] = [{d.name: {k: v for k, v in d.option_items().items() if k != "name"}}
-                           for d in self.datasets]
+                           for d in self.data.datasets]
         return out
 
 
@@ -313,173 +452,26 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Types
-
-def _nearest(name: str, candidates) -> str:
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-_TRUE = {"true", "yes", "y", "on", "1", "t"}
-_FALSE = {"false", "no", "n", "off", "0", "f"}
-
-
-def coerce(value: Any, annotation: Any, key: str, where: str, choices=None) -> Any:
-    """Convert a YAML or command-line value to the declared type, or raise naming key, value and type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return coerce(value, args[0], key, where, choices)
-    expected = getattr(annotation, "__name__", str(annotation))
-    fail = ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
-    if value is None:
-        raise fail
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise fail
-    if annotation is int:
-        if isinstance(value, bool):
-            raise fail
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value, 0)
-            except ValueError:
-                raise fail from None
-        raise fail
-    if annotation is float:
-        if isinstance(value, bool):
-            raise fail
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 6e-6 as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise fail from None
-        raise fail
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise fail
-        value = str(value)
-        if choices and value not in choices:
-            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(choices)}, got {value!r}"
-                              f"{_nearest(value, choices)}")
-        return value
-    raise TypeError(f"unsupported config type {annotation!r} for {key}")
-
-
-_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TRAIN_TYPES = typing.get_type_hints(TrainConfig)
-_DATASET_TYPES = typing.get_type_hints(DatasetConfig)
-
-
-def parse_datasets(items: Any, where: str) -> tuple[DatasetConfig, ...]:
-    """`datasets:` entries are a bare name (`- alpaca`) or a one-key mapping (`- oasst_export: {lang: en}`)."""
-    if items is None:
-        return ()
-    if not isinstance(items, list):
-        raise ConfigError(f"{where}: 'datasets' must be a list of dataset entries, got {items!r}")
-    out, problems = [], []
-    for i, item in enumerate(items):
-        here = f"{where}: datasets[{i}]"
-        if isinstance(item, str):
-            name, options = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            (name, options), = item.items()
-            options = options or {}
-        elif isinstance(item, dict) and sum(v is None for v in item.values()) == 1 and \
-                next(k for k, v in item.items() if v is None) in DATASET_KINDS:
-            # The model card's YAML: options indented at the name's own column parse as siblings of it.
-            name = next(k for k, v in item.items() if v is None)
-            options = {k: v for k, v in item.items() if k != name}
-            print(f"warning: {here}: the options of '{name}' ({', '.join(options)}) sit at the same indentation "
-                  f"as '{name}:'; read them as its options (indent them one level deeper to silence this)",
-                  file=sys.stderr)
-        else:
-            problems.append(f"{here}: expected a dataset name or a mapping '{{name: {{options}}}}', got {item!r}")
-            continue
-        if name not in DATASET_KINDS:
-            problems.append(f"{here}: unknown dataset '{name}'{_nearest(str(name), DATASET_KINDS)}; "
-                            f"known: {', '.join(DATASET_KINDS)}")
-            continue
-        if not isinstance(options, dict):
-            problems.append(f"{here}: options of '{name}' must be a mapping, got {options!r}")
-            continue
-        allowed = COMMON_DATASET_OPTIONS | DATASET_KINDS[name].options
-        kwargs, entry_problems = {}, []
-        for key, value in options.items():
-            if key not in allowed:
-                other = [k for k, kind in DATASET_KINDS.items() if key in kind.options]
-                hint = f"; it applies to {', '.join(other)} only" if other else _nearest(key, allowed)
-                entry_problems.append(f"{here} ({name}): unknown option '{key}'{hint}")
-                continue
-            try:
-                kwargs[key] = coerce(value, _DATASET_TYPES[key], key, f"{here} ({name})")
-            except ConfigError as e:
-                entry_problems.append(str(e))
-        if not entry_problems:
-            ds = DatasetConfig(name=name, **kwargs)
-            entry_problems = _check_dataset(ds, f"{here} ({name})")
-            out.append(ds)
-        problems += entry_problems
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return tuple(out)
-
-
-def _check_dataset(ds: DatasetConfig, where: str) -> list[str]:
-    problems = []
-    if not 0.0 <= ds.effective_val_split < 1.0:
-        problems.append(f"{where}: 'val_split' must be in [0, 1), got {ds.val_split}")
-    if not 0.0 < ds.fraction <= 1.0:
-        problems.append(f"{where}: 'fraction' must be in (0, 1], got {ds.fraction}")
-    if ds.size is not None and ds.size < 1:
-        problems.append(f"{where}: 'size' must be at least 1, got {ds.size}")
-    if ds.size is not None and ds.fraction != 1.0:
-        problems.append(f"{where}: give 'fraction' or 'size', not both")
-    if ds.top_k is not None and ds.top_k < 1:
-        problems.append(f"{where}: 'top_k' must be at least 1, got {ds.top_k}")
-    return problems
-
-
 def build_config(values: dict[str, Any], origins: dict[str, str]) -> TrainConfig:
-    """Validate merged values into a TrainConfig; every problem is reported, each with its origin."""
-    kwargs, problems = {}, []
+    """Validate merged flat values into a TrainConfig; every problem is reported, each with its origin."""
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    problems = []
     for key, value in values.items():
         where = origins.get(key, "config")
         if key in RETIRED_OASST_KEYS:
             problems.append(f"{where}: '{key}' is an OASST option Delphi does not have: {RETIRED_OASST_KEYS[key]}")
-            continue
-        if key not in _TRAIN_FIELDS:
-            problems.append(f"{where}: unknown key '{key}'{_nearest(key, _TRAIN_FIELDS)}")
-            continue
-        try:
-            if key == "datasets":
-                kwargs[key] = parse_datasets(value, where)
-            else:
-                kwargs[key] = coerce(value, _TRAIN_TYPES[key], key, where,
-                                     _TRAIN_FIELDS[key].metadata.get("choices"))
-        except ConfigError as e:
-            problems.append(str(e))
+        elif key not in KEY_GROUP:
+            problems.append(f"{where}: unknown key '{key}'{nearest(key, KEY_GROUP)}")
+        else:
+            grouped[KEY_GROUP[key]][key] = value
+    parts = {}
+    for group, (_, cls) in GROUPS.items():
+        convert = {"datasets": parse_datasets} if group == "data" else None
+        parts[group], found = build(cls, grouped[group], lambda key: origins.get(key, "config"), convert)
+        problems += found
     if problems:
         raise ConfigError("\n".join(problems))
-    try:
-        return TrainConfig(**kwargs)
-    except FieldProblems as e:
-        raise ConfigError("\n".join(f"{origins.get(key, 'config')}: '{key}' {message}"
-                                     for key, message in e.problems)) from None
+    return TrainConfig(**parts)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -537,6 +529,10 @@ def load_config(argv: list[str], config_files: list[Path] | None = None) -> Trai
     return resolve(split_argv(argv), config_files)
 
 
+def _field_type(key: str):
+    return TYPE_HINTS[KEY_GROUP[key]][key]
+
+
 def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainConfig:
     files = (config_files if config_files is not None else default_config_files()) + args.config_files
     sections = read_sections(files)
@@ -545,7 +541,7 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
     origins: dict[str, str] = {}
     for name in names:
         if name not in sections:
-            raise ConfigError(f"--configs: unknown section '{name}'{_nearest(name, sections)}; sections are read "
+            raise ConfigError(f"--configs: unknown section '{name}'{nearest(name, sections)}; sections are read "
                               f"from {', '.join(str(f) for f in files) or 'no files'}")
         s = sections[name]
         values = deep_merge(values, s.values)
@@ -553,15 +549,15 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
             origins[key] = f"{s.file}:{s.lines.get(key, s.line)} (section '{name}')"
     for key, raw in args.overrides:
         where = f"command line --{key}"
-        if key.startswith("no-") and key[3:] in _TRAIN_FIELDS and raw is None:
+        if key.startswith("no-") and key[3:] in KEY_GROUP and raw is None:
             values[key[3:]], origins[key[3:]] = None, where
             continue
-        if key not in _TRAIN_FIELDS:
+        if key not in KEY_GROUP:
             values[key], origins[key] = raw, where  # build_config reports it with the nearest key
             continue
         if raw is None:
-            if _TRAIN_TYPES[key] is not bool:
-                raise ConfigError(f"{where}: '{key}' needs a value ({getattr(_TRAIN_TYPES[key], '__name__', '')})")
+            if _field_type(key) is not bool:
+                raise ConfigError(f"{where}: '{key}' needs a value ({getattr(_field_type(key), '__name__', '')})")
             raw = "true"
         if key == "datasets":
             try:
@@ -569,6 +565,10 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
             except yaml.YAMLError:
                 raise ConfigError(f"{where}: 'datasets' must be a YAML list, got {raw!r}") from None
         values[key], origins[key] = raw, where
+    if isinstance(values.get("output_dir"), str):
+        # A wandb agent starts every run with one command: `--output_dir=outputs/sweeps/x/$WANDB_RUN_ID` gives
+        # each its own directory, so none resumes another's checkpoints.
+        values["output_dir"] = os.path.expandvars(values["output_dir"])
     return build_config(values, origins)
 
 
@@ -576,5 +576,5 @@ def write_resolved(config: TrainConfig, directory: Path | str) -> Path:
     """Write the resolved config (plain YAML, loadable as a section) beside a run's outputs."""
     path = Path(directory) / "resolved_config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"resolved": config.to_dict()}, sort_keys=False, allow_unicode=True))
+    path.write_text(yaml.safe_dump({"resolved": config.flat()}, sort_keys=False, allow_unicode=True))
     return path

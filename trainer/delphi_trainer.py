@@ -4,8 +4,8 @@ What is kept from `transformers.Trainer`: the loop, gradient accumulation, DeepS
 resume, per-dataset evaluation (`eval_<name>_loss`). What changes:
 - `compute_loss`: cross-entropy summed over trained tokens and divided once by the trained-token count of the
   whole optimizer step across accumulation and ranks (`num_items_in_batch`), scoring only trained positions.
-- `get_train_dataloader`: the sampler comes from a factory and is already split across ranks, so accelerate's
-  sharding wrapper is made a pass-through (as transformers does for its own rank-aware `BatchRebalanceSampler`).
+- `get_train_dataloader`: the sampler comes from a factory and is already split across ranks (the seams into
+  the Trainer's internals that this needs are in `trainer.compat`).
 - `log`: adds trained tokens, trained tokens/s, padding fraction and peak memory to every training log.
 """
 from __future__ import annotations
@@ -14,16 +14,13 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import ConcatDataset, Sampler
 from transformers import Trainer, TrainerCallback
-from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
+from trainer.compat import TrainerSeams
 from trainer.loss import summed_token_loss
 from trainer.tokens import IGNORE_INDEX
 
@@ -67,7 +64,7 @@ class SamplerEpochCallback(TrainerCallback):
             self.sampler.set_epoch(int(state.epoch or 0))
 
 
-class DelphiTrainer(Trainer):
+class DelphiTrainer(TrainerSeams, Trainer):
     def __init__(self, *args, sampler_factory: SamplerFactory, **kwargs):
         super().__init__(*args, **kwargs)
         self.sampler_factory = sampler_factory
@@ -75,36 +72,14 @@ class DelphiTrainer(Trainer):
         self.eval_totals = torch.zeros(2, dtype=torch.float64)  # summed loss and trained tokens of one split
         self.train_sampler = sampler_factory(self.train_dataset, self.args.world_size, self.args.process_index)
         self.add_callback(SamplerEpochCallback(self.train_sampler))
-        # Our compute_loss divides by num_items_in_batch itself: make the Trainer count it and not divide again.
-        self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = True
+        self.count_loss_tokens_ourselves()
 
     def train(self, *args, **kwargs):
         self.tokens = TokenCounts()  # tokens/s counts training only, not model set-up or a resumed run's past
         return super().train(*args, **kwargs)
 
     def get_train_dataloader(self):
-        loader = self._get_dataloader(self.train_dataset, "Training", self._train_batch_size,
-                                      sampler_fn=lambda _: self.train_sampler, is_training=True)
-        shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and hasattr(shard, "num_processes"):
-            shard.num_processes, shard.process_index = 1, 0
-        return loader
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """transformers 5 saves full-model checkpoints under the hub's key names (GPT-NeoX: `embed_out`, not
-        `lm_head`) but reloads them with a plain `load_state_dict`, which leaves such weights at their fresh
-        values on resume without an error. Load them through the model's own key renaming instead."""
-        target = model if model is not None else self.model
-        files = sorted(Path(resume_from_checkpoint).glob("model*.safetensors"))
-        if not files or self.is_deepspeed_enabled or hasattr(target, "peft_config"):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        transforms = get_model_conversion_mapping(target)
-        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-        converters = [t for t in transforms if isinstance(t, WeightConverter)]
-        state = {rename_source_key(key, renamings, converters)[0]: value
-                 for file in files for key, value in load_file(file, device="cpu").items()}
-        self._issue_warnings_after_load(target.load_state_dict(state, strict=False))
+        return self.rank_local_dataloader(self.train_dataset, self.train_sampler)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()

@@ -1,13 +1,19 @@
-"""The errors Delphi raises for bad input: each message names where (file, line, key) and what was expected."""
+"""The errors Delphi raises instead of tracebacks: each message names where (file, line, key) and what was
+expected, and the entry points print it alone as one `error: ...` and exit with code 2."""
 
 
 class DelphiError(Exception):
-    """Bad input from the user; the entry points print the message alone, without a traceback."""
+    """Anything the user can fix from the message alone."""
 
 
 class ConfigError(DelphiError):
-    pass
+    """A config key, flag or argument that is wrong."""
 
 
 class DataError(DelphiError):
-    pass
+    """A dataset file or record that is wrong."""
+
+
+class RunError(DelphiError):
+    """A run that could not do what was asked of a valid config: a failed export check, a prompt that does not
+    fit the context, an old-library verification that disagrees."""

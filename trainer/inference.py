@@ -4,7 +4,7 @@ base) or an export directory, with its tokenizer and the run's resolved config.
 A LoRA or QLoRA output holds only the adapter (`adapter_config.json`); its base is loaded again in full precision
 (never 4-bit, so QLoRA chats run on any CPU) and the adapter is attached through peft. The resolved config says how
 the model was prompted in training; an export may not carry one, and then the caller picks a format from the
-tokenizer (`default_format_name`).
+tokenizer (`trainer.formats.detect_format`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from trainer.config import TrainConfig, load_config, repo_relative
+from trainer.config import TrainConfig, load_config
 from trainer.errors import ConfigError
 from trainer.models import TORCH_DTYPES, resize_embeddings
+from trainer.paths import bundled
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -48,7 +49,7 @@ def load_for_inference(path: str | Path, *, device: str | None = None, dtype: to
     config = read_resolved_config(path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
-        dtype = torch.float32 if target.type == "cpu" or config is None else TORCH_DTYPES[config.dtype]
+        dtype = torch.float32 if target.type == "cpu" or config is None else TORCH_DTYPES[config.model.dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -82,7 +83,7 @@ def _load_with_adapter(path: Path, config: TrainConfig | None, tokenizer, dtype:
     adapter = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base = _base_path(adapter.get("base_model_name_or_path"), path)
     model = load_base_with_adapter(path, base, config, tokenizer, dtype)
-    notes.append(f"model: {config.mode if config else 'lora'} adapter {path} on base {base} "
+    notes.append(f"model: {config.adapters.mode if config else 'lora'} adapter {path} on base {base} "
                  f"({dtype}{', merged' if merge else ''})")
     return model.merge_and_unload() if merge else model
 
@@ -93,13 +94,13 @@ def load_base_with_adapter(adapter_dir: Path, base: str, config: TrainConfig | N
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    trust = bool(config and config.trust_remote_code)
+    trust = bool(config and config.model.trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust)
     except OSError as e:
         raise ConfigError(f"{adapter_dir}: cannot load the base model '{base}' ({str(e).splitlines()[0]}); "
                           f"pass its local directory") from None
-    resize_embeddings(model, tokenizer, config.pad_vocab_size_to_multiple_of if config else 16)
+    resize_embeddings(model, tokenizer, config.model.pad_vocab_size_to_multiple_of if config else 16)
     return PeftModel.from_pretrained(model, adapter_dir)
 
 
@@ -109,12 +110,7 @@ def _base_path(name: str | None, adapter_dir: Path) -> str:
     if not name:
         raise ConfigError(f"{adapter_dir / ADAPTER_CONFIG}: 'base_model_name_or_path' is empty; cannot find the "
                           f"base model the adapter was trained on")
-    return repo_relative(name)
-
-
-def default_format_name(tokenizer) -> str:
-    """For a model without a resolved config: OASST's chat tokens mean it was trained on them; else plain."""
-    return "oasst" if "<|prompter|>" in tokenizer.get_vocab() else "plain"
+    return bundled(name)
 
 
 def context_length(model, tokenizer) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import AdapterConfig
 
 
 def linear_module_names(model) -> frozenset[str]:
@@ -13,20 +13,20 @@ def linear_module_names(model) -> frozenset[str]:
                      if isinstance(module, torch.nn.Linear) and module is not head)
 
 
-def lora_config(config: TrainConfig):
+def lora_config(adapters: AdapterConfig):
     """`all` is peft's "all-linear": every linear layer (4-bit ones included) except the output head."""
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_targets, bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=adapters.lora_r, lora_alpha=adapters.lora_alpha, lora_dropout=adapters.lora_dropout,
+                      target_modules=adapters.lora_targets, bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapters(model, config: TrainConfig):
+def add_adapters(model, adapters: AdapterConfig, gradient_checkpointing: bool = False):
     """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms, input
     gradients, checkpointing if asked) by peft's prepare_model_for_kbit_training."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if config.mode == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+    if adapters.mode == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, lora_config(config))
+    return get_peft_model(model, lora_config(adapters))

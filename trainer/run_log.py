@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from trainer.config import TrainConfig
+from trainer.config import LoggingConfig
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -20,10 +20,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def wants_wandb(config: TrainConfig) -> bool:
-    return config.log_wandb and config.report_to == "wandb"
 
 
 class RunLog:
@@ -35,15 +31,15 @@ class RunLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def start(cls, config: TrainConfig, output_dir: Path) -> "RunLog":
-        """Opens the wandb run (offline with WANDB_MODE=offline) named and tagged from the config."""
+    def start(cls, logging: LoggingConfig, output_dir: Path, run_config: dict[str, Any]) -> "RunLog":
+        """Opens the wandb run (offline with WANDB_MODE=offline) named and tagged from the logging config, with
+        the run's whole (flat) config attached."""
         run = None
-        if wants_wandb(config):
+        if logging.wants_wandb:
             import wandb
 
-            tags = [t.strip() for t in (config.wandb_tags or "").split(",") if t.strip()]
-            run = wandb.init(project=config.wandb_project, entity=config.wandb_entity, name=config.wandb_run_name,
-                             group=config.wandb_group, tags=tags or None, config=config.to_dict())
+            run = wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, name=logging.wandb_run_name,
+                             group=logging.wandb_group, tags=logging.tags or None, config=run_config)
         return cls(output_dir / "metrics.jsonl", run)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

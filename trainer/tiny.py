@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from trainer.architectures import ARCHITECTURES
 from trainer.tokens import PADDING_TOKEN, add_chat_tokens, padded_vocab_size
-
-ARCHITECTURES = ("gpt_neox", "mpt", "falcon")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
@@ -28,22 +27,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
 
 def model_config(architecture: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                  max_positions: int = 2048):
-    from transformers import FalconConfig, GPTNeoXConfig, MptConfig
-
-    if architecture == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                             num_attention_heads=heads, intermediate_size=4 * hidden,
-                             max_position_embeddings=max_positions, rotary_pct=0.25, tie_word_embeddings=False,
-                             bos_token_id=0, eos_token_id=0)
-    if architecture == "mpt":
-        return MptConfig(d_model=hidden, n_heads=heads, n_layers=layers, expansion_ratio=4,
-                         max_seq_len=max_positions, vocab_size=vocab_size,
-                         attn_config={"attn_impl": "torch", "alibi": True})
-    if architecture == "falcon":
-        return FalconConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, multi_query=True, new_decoder_architecture=False,
-                            parallel_attn=True, bias=False, alibi=False, bos_token_id=0, eos_token_id=0)
-    raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture].tiny_config(vocab_size, hidden, layers, heads, max_positions)
 
 
 def save_tiny_model(directory: Path | str, architecture: str, tokenizer, seed: int = 0, **shape) -> Path:

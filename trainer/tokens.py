@@ -5,8 +5,9 @@ import math
 
 from trainer.errors import ConfigError
 
+PROMPTER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN = "<|prompter|>", "<|assistant|>", "<|system|>"
 # Added in this fixed order, so the new ids never depend on the process (OASST's set() order did).
-CHAT_SPECIAL_TOKENS = ("<|prompter|>", "<|assistant|>", "<|system|>", "<|prefix_begin|>", "<|prefix_end|>")
+CHAT_SPECIAL_TOKENS = (PROMPTER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN, "<|prefix_begin|>", "<|prefix_end|>")
 PADDING_TOKEN = "<|padding|>"
 IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cross-entropy skips)
 

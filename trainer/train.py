@@ -18,50 +18,53 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.config import TrainConfig, repo_relative, write_resolved
+from trainer.config import TrainConfig, write_resolved
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
+from trainer.paths import bundled
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
 
 
-def training_arguments(config: TrainConfig, has_eval: bool, optim: str = "adamw_torch_fused") -> TrainingArguments:
+def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused"
+                       ) -> TrainingArguments:
     """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
 
     Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
     cuda = torch.cuda.is_available()
+    optim, schedule, out = config.optim, config.schedule, config.outputs
     deepspeed = None
-    if config.deepspeed:
-        deepspeed = Path(repo_relative(config.deepspeed_config))
+    if optim.deepspeed:
+        deepspeed = Path(bundled(optim.deepspeed_config))
         if not deepspeed.is_file():
             raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
     return TrainingArguments(
-        output_dir=config.output_dir,
-        num_train_epochs=config.num_train_epochs,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2,
-        adam_epsilon=config.adam_epsilon,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        max_grad_norm=config.max_grad_norm,
-        optim=optim,  # replaced by the JSON's optimizer under DeepSpeed
-        seed=config.rng_seed,
+        output_dir=out.output_dir,
+        num_train_epochs=schedule.num_train_epochs,
+        per_device_train_batch_size=optim.per_device_train_batch_size,
+        per_device_eval_batch_size=optim.per_device_eval_batch_size,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        learning_rate=optim.learning_rate,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_epsilon=optim.adam_epsilon,
+        weight_decay=optim.weight_decay,
+        warmup_steps=schedule.warmup_steps,
+        lr_scheduler_type=schedule.lr_scheduler_type,
+        max_grad_norm=optim.max_grad_norm,
+        optim=optim_name,  # replaced by the JSON's optimizer under DeepSpeed
+        seed=optim.rng_seed,
         deepspeed=str(deepspeed) if deepspeed else None,
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
-        fp16=cuda and config.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
-        bf16=cuda and config.dtype == "bf16",
-        logging_steps=config.logging_steps,
+        fp16=cuda and config.model.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
+        bf16=cuda and config.model.dtype == "bf16",
+        logging_steps=config.logging.logging_steps,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=config.eval_steps,
+        eval_steps=schedule.eval_steps,
         save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
+        save_steps=schedule.save_steps,
+        save_total_limit=out.save_total_limit,
         report_to="none",  # RunLog writes metrics.jsonl and wandb itself
         remove_unused_columns=False,  # samples go to the collator as the data builder made them
         prediction_loss_only=True,  # evaluation keeps no logits
@@ -84,11 +87,12 @@ class StepPlan:
 
     @classmethod
     def of(cls, config: TrainConfig, samples_per_epoch_per_rank: int, world_size: int) -> "StepPlan":
-        batches = math.ceil(samples_per_epoch_per_rank / config.per_device_train_batch_size)
-        steps_per_epoch = max(math.ceil(batches / config.gradient_accumulation_steps), 1)
-        return cls(config.per_device_train_batch_size, config.gradient_accumulation_steps, world_size,
-                   config.max_length, samples_per_epoch_per_rank, steps_per_epoch,
-                   math.ceil(config.num_train_epochs * steps_per_epoch), config.num_train_epochs)
+        optim, epochs = config.optim, config.schedule.num_train_epochs
+        batches = math.ceil(samples_per_epoch_per_rank / optim.per_device_train_batch_size)
+        steps_per_epoch = max(math.ceil(batches / optim.gradient_accumulation_steps), 1)
+        return cls(optim.per_device_train_batch_size, optim.gradient_accumulation_steps, world_size,
+                   config.data.max_length, samples_per_epoch_per_rank, steps_per_epoch,
+                   math.ceil(epochs * steps_per_epoch), epochs)
 
     def describe(self) -> str:
         tokens = self.batch_size * self.accumulation * self.max_length * self.world_size
@@ -125,23 +129,25 @@ class TrainResult:
 
 def resume_point(config: TrainConfig) -> str | None:
     """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None."""
-    if config.resume_from_checkpoint:
-        path = Path(config.resume_from_checkpoint)
+    out = config.outputs
+    if out.resume_from_checkpoint:
+        path = Path(out.resume_from_checkpoint)
         if not path.is_dir():
             raise ConfigError(f"resume_from_checkpoint: no checkpoint directory at {path}")
         return str(path)
-    out = Path(config.output_dir)
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+    directory = Path(out.output_dir)
+    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
 
 
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
           callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult:
     """Train `model` on the concatenated train splits; evaluate each validation split by name."""
-    output_dir = Path(config.output_dir)
+    output_dir = Path(config.outputs.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
-    args = training_arguments(config, has_eval=bool(evals), optim=optim)
-    run_log = RunLog.start(config, output_dir) if args.process_index == 0 else RunLog(output_dir / "metrics.jsonl")
+    args = training_arguments(config, has_eval=bool(evals), optim_name=optim)
+    run_log = RunLog.start(config.logging, output_dir, config.flat()) if args.process_index == 0 \
+        else RunLog(output_dir / "metrics.jsonl")
     trainer = DelphiTrainer(
         model=model, args=args, processing_class=tokenizer, data_collator=collator,
         train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,

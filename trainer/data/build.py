@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from trainer.config import DatasetConfig, TrainConfig
-from trainer.data.formats import prompt_format
+from trainer.config import DataConfig, DatasetConfig
 from trainer.data.sources import load_source, resolve_input_path
 from trainer.data.tokenize import EncodeStats, SegmentEncoder, encode_all
+from trainer.formats import PromptFormat, format_for
 
 if TYPE_CHECKING:
     import datasets
@@ -49,54 +49,56 @@ class BuiltDataset:
     skipped: list[str] = field(default_factory=list)  # locations of skipped bad lines
 
 
-def entry_names(config: TrainConfig) -> list[str]:
+def entry_names(data: DataConfig) -> list[str]:
     seen: dict[str, int] = {}
     names = []
-    for ds in config.datasets:
+    for ds in data.datasets:
         seen[ds.name] = seen.get(ds.name, 0) + 1
         names.append(ds.name if seen[ds.name] == 1 else f"{ds.name}#{seen[ds.name]}")
     return names
 
 
-def build_datasets(config: TrainConfig, tokenizer, rebuild: bool = False) -> list[BuiltDataset]:
-    fmt = prompt_format(config, tokenizer)
+def build_datasets(data: DataConfig, tokenizer, rebuild: bool = False) -> list[BuiltDataset]:
+    fmt = format_for(data, tokenizer)
     encoder = SegmentEncoder(tokenizer)
-    return [_build_one(name, ds, config, tokenizer, fmt, encoder, rebuild)
-            for name, ds in zip(entry_names(config), config.datasets)]
+    return [_build_one(name, ds, data, tokenizer, fmt, encoder, rebuild)
+            for name, ds in zip(entry_names(data), data.datasets)]
 
 
-def _build_one(name, ds, config, tokenizer, fmt, encoder, rebuild) -> BuiltDataset:
+def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: PromptFormat,
+               encoder: SegmentEncoder, rebuild: bool) -> BuiltDataset:
     import datasets
 
     start = time.perf_counter()
-    files = [resolve_input_path(ds.input_file_path, config.cache_dir)] if ds.input_file_path else []
-    key = cache_key(ds, config, tokenizer, files)
-    path = Path(config.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
+    files = [resolve_input_path(ds.input_file_path, data.cache_dir)] if ds.input_file_path else []
+    key = cache_key(ds, data, fmt, tokenizer, files)
+    path = Path(data.cache_dir) / "tokenized" / f"{name.replace('#', '-')}-{key[:20]}"
     from_cache = not rebuild and (path / "counts.json").is_file()
     if not from_cache:
         if rebuild:
             shutil.rmtree(path, ignore_errors=True)
         with _collector_paused():
-            _write_atomically(path, lambda tmp: _tokenize_source(ds, config, fmt, encoder, tmp, key))
+            _write_atomically(path, lambda tmp: _tokenize_source(ds, data, fmt, encoder, tmp, key))
     meta = json.loads((path / "counts.json").read_text())
     train, val = (datasets.Dataset.from_file(str(path / f"{split}.arrow")) for split in SPLITS)
     return BuiltDataset(name, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
                         meta["skipped"])
 
 
-def _tokenize_source(ds, config, fmt, encoder, directory: Path, key: str) -> None:
+def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, encoder: SegmentEncoder,
+                     directory: Path, key: str) -> None:
     """Read the source, then tokenize and write it chunk by chunk, so that peak memory holds the conversations,
     the per-text id cache and one chunk of samples, never every sample twice."""
     from datasets.arrow_writer import ArrowWriter
 
-    source = load_source(ds, config.cache_dir)
+    source = load_source(ds, data.cache_dir)
     counts = dict(source.counts)
-    for split, convs, max_length in (("train", source.train, config.max_length),
-                                     ("validation", source.val, config.val_max_length or config.max_length)):
+    for split, convs, max_length in (("train", source.train, data.max_length),
+                                     ("validation", source.val, data.val_max_length or data.max_length)):
         totals = EncodeStats()
         writer = ArrowWriter(path=str(directory / f"{split}.arrow"), schema=SCHEMA)
         for i in range(0, max(len(convs), 1), CHUNK):
-            samples, stats = encode_all(convs[i:i + CHUNK], fmt, encoder, max_length, config.label_masking)
+            samples, stats = encode_all(convs[i:i + CHUNK], fmt, encoder, max_length, data.label_masking)
             writer.write_table(_to_table(samples))
             totals += stats
         writer.finalize()
@@ -105,17 +107,15 @@ def _tokenize_source(ds, config, fmt, encoder, directory: Path, key: str) -> Non
     (directory / "counts.json").write_text(json.dumps(meta, indent=1))
 
 
-def cache_key(ds: DatasetConfig, config: TrainConfig, tokenizer, files: list[Path]) -> str:
+def cache_key(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer, files: list[Path]) -> str:
     h = hashlib.sha256()
     settings = {
         "version": CACHE_VERSION,
         "dataset": ds.option_items(),
-        "prompt_format": config.prompt_format,
-        "system": config.system_prefix if config.use_system_prefix else None,
-        "plain_names": (config.plain_user_name, config.plain_bot_name),
-        "max_length": config.max_length,
-        "val_max_length": config.val_max_length,
-        "label_masking": config.label_masking,
+        "prompt_format": fmt.settings(),
+        "max_length": data.max_length,
+        "val_max_length": data.val_max_length,
+        "label_masking": data.label_masking,
         "tokenizer": tokenizer.backend_tokenizer.to_str(),
         "specials": [tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token],
     }

@@ -9,39 +9,35 @@ Packing isolation differs by architecture (checked on transformers 5.24, see tes
 - MPT's ALiBi ignores `position_ids` and its mask never looks at them, so it gets a 4D additive
   block-diagonal mask instead (0 = attend, float32 min = blocked). MPT turns any mask into "True = blocked"
   with `.to(bool)`, so it must be this float form: a boolean "True = attend" mask would be read inverted.
-- Any other architecture is refused by `packing_isolation` until it has been checked the same way.
+- Each architecture's entry (`trainer.architectures`) names its way; one without an entry is refused.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.architectures import ARCHITECTURES, Isolation
 from trainer.errors import ConfigError, DataError
 from trainer.tokens import IGNORE_INDEX
 
 
-Isolation = Literal["position_ids", "block_mask"]
-PACKING_ISOLATION: dict[str, Isolation] = {"gpt_neox": "position_ids", "falcon": "position_ids", "mpt": "block_mask"}
-
-
-def packing_isolation(config) -> Isolation:
-    """How packed samples are kept apart for this model config; ConfigError where that was never verified."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in PACKING_ISOLATION:
+def packing_isolation(model_config) -> Isolation:
+    """How packed samples are kept apart for this model config; a ConfigError where that was never verified."""
+    model_type = getattr(model_config, "model_type", None)
+    if model_type not in ARCHITECTURES:
         raise ConfigError(f"packing: true is not supported for model type {model_type!r}: samples sharing a row "
-                          f"are only verified to stay isolated for {sorted(PACKING_ISOLATION)}; "
-                          f"set packing: false")
-    return PACKING_ISOLATION[model_type]
+                          f"are only verified to stay isolated for {', '.join(ARCHITECTURES)}; set packing: false")
+    return ARCHITECTURES[model_type].packing
 
 
-def training_collator(config, pad_token_id: int, isolation: Isolation = "position_ids") -> "DataCollator":
-    """The collator training uses for a TrainConfig; widths round up to a multiple of 8 for GPU matmul tiles."""
-    return DataCollator(pad_token_id, config.max_length, pad_to_multiple_of=8, packing=config.packing,
+def training_collator(data, pad_token_id: int, isolation: Isolation = "position_ids") -> "DataCollator":
+    """The collator training uses for a DataConfig; widths round up to a multiple of 8 for GPU matmul tiles."""
+    return DataCollator(pad_token_id, data.max_length, pad_to_multiple_of=8, packing=data.packing,
                         isolation=isolation)
 
 

@@ -25,7 +25,7 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
     trained = np.asarray(built.train["trained"], dtype=np.int64)
     n = len(lengths)
     counts = built.counts
-    collator = collator or training_collator(config, pad_token_id=0)
+    collator = collator or training_collator(config.data, pad_token_id=0)
     return {
         "counts": counts,
         "train_samples": n,
@@ -46,9 +46,9 @@ def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCol
     """Share of the token slots in the training batches of one epoch that are padding."""
     if len(lengths) == 0:
         return 0.0
-    batch = config.per_device_train_batch_size
-    order = PerDatasetSampler([lengths], [len(lengths)], seed=config.rng_seed, batch_size=batch, resample=False,
-                              sort_by_length=config.sort_by_length).epoch_order()[:len(lengths)]
+    batch = config.optim.per_device_train_batch_size
+    order = PerDatasetSampler([lengths], [len(lengths)], seed=config.optim.rng_seed, batch_size=batch,
+                              resample=False, sort_by_length=config.data.sort_by_length).epoch_order()[:len(lengths)]
     ordered = lengths[order]
     slots = sum(collator.padded_size(ordered[i:i + batch].tolist()) for i in range(0, len(ordered), batch))
     return 1.0 - float(ordered.sum()) / slots

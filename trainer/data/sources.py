@@ -7,27 +7,20 @@ Fraction and size are not applied here: the builder does that, per epoch where t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainer.config import REPO_ROOT, DatasetConfig
-from trainer.data.airoboros import airoboros_conversation
-from trainer.data.alpaca import alpaca_conversation
+from trainer.compat import hub_timeouts
 from trainer.data.conversation import Conversation
 from trainer.data.jsonl import BadRecords, read_records
-from trainer.data.oasst import TreeFilter, load_trees, new_counts, trees_from_records
 from trainer.data.split import seeded_split
 from trainer.errors import DataError
+from trainer.paths import CHECKOUT
 
-# Formats whose records are independent samples, split per sample.
-RECORD_READERS: dict[str, Callable[[dict[str, Any], str, str], Conversation]] = {
-    "alpaca": alpaca_conversation,
-    "airoboros": airoboros_conversation,
-}
-HUB_TIMEOUT_VARIABLES = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
+if TYPE_CHECKING:
+    from trainer.config import DatasetConfig
 
 
 @dataclass
@@ -43,7 +36,8 @@ def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
     the repository root; the error lists every place tried. The found path is absolute, so that cache keys and
     sample origins do not depend on the working directory."""
     path = Path(input_file_path).expanduser()
-    candidates = [path] if path.is_absolute() else [Path(cache_dir) / path, Path.cwd() / path, REPO_ROOT / path]
+    candidates = [path] if path.is_absolute() else [Path(cache_dir) / path, Path.cwd() / path,
+                                                    CHECKOUT / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.absolute()
@@ -62,39 +56,19 @@ def load_source(ds: DatasetConfig, cache_dir: str, hub_timeout: float = 10.0) ->
     else:
         where = f"hub dataset '{ds.effective_hub_name}'"
         rows = _hub_rows(ds, hub_timeout)
-    data = _load_oasst(ds, rows, bad) if ds.name == "oasst_export" else _load_records(ds, rows, bad)
-    data.counts["bad_records_skipped"] = bad.count
-    data.skipped = bad.first
-    if not data.train and not data.val:
-        counts = ", ".join(f"{k} {v}" for k, v in data.counts.items())
-        raise DataError(f"dataset '{ds.name}' ({where}) has no samples left after filtering: {counts}")
-    return data
-
-
-def _load_oasst(ds: DatasetConfig, rows: Iterable[tuple[str, dict[str, Any]]], bad: BadRecords) -> SourceData:
-    counts = new_counts()
-    kept = load_trees(trees_from_records(rows, bad), TreeFilter.from_config(ds), counts, bad, ds.name)
-    # Split whole trees, so that no prompt has threads on both sides (OASST's method, trees without threads too).
-    train_trees, val_trees = seeded_split(kept, ds.effective_val_split, ds.manual_seed)
-    train = [thread for tree in train_trees for thread in tree]
-    val = [thread for tree in val_trees for thread in tree]
-    counts.update(train_trees=len(train_trees), val_trees=len(val_trees), train=len(train), val=len(val))
-    return SourceData(train, val, counts)
-
-
-def _load_records(ds: DatasetConfig, rows: Iterable[tuple[str, dict[str, Any]]], bad: BadRecords) -> SourceData:
-    convert = RECORD_READERS[ds.name]
-    samples = []
-    read = 0
-    for where, record in rows:
-        read += 1
-        try:
-            samples.append(convert(record, where, ds.name))
-        except DataError as e:
-            bad.handle(e)
-    train, val = seeded_split(samples, ds.effective_val_split, ds.manual_seed)
-    return SourceData(train, val, {"records_read": read, "samples": len(samples), "train": len(train),
-                                   "val": len(val)})
+    kind = ds.kind
+    units, counts = kind.read(rows, ds.options, bad, ds.name)
+    # Split whole units (an OASST tree with all its threads), so that no prompt has threads on both sides.
+    train_units, val_units = seeded_split(units, ds.effective_val_split, ds.manual_seed)
+    train = [conv for unit in train_units for conv in unit]
+    val = [conv for unit in val_units for conv in unit]
+    if kind.unit != "sample":
+        counts.update({f"train_{kind.unit}s": len(train_units), f"val_{kind.unit}s": len(val_units)})
+    counts.update(train=len(train), val=len(val), bad_records_skipped=bad.count)
+    if not train and not val:
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise DataError(f"dataset '{ds.name}' ({where}) has no samples left after filtering: {summary}")
+    return SourceData(train, val, counts, bad.first)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,7 +82,7 @@ def _hub_rows(ds: DatasetConfig, timeout: float) -> Iterator[tuple[str, dict[str
     import datasets
 
     try:
-        with _hub_timeouts(timeout):
+        with hub_timeouts(timeout):
             loaded = datasets.load_dataset(name)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, httpx errors, ValueError...
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
@@ -117,32 +91,5 @@ def _hub_rows(ds: DatasetConfig, timeout: float) -> Iterator[tuple[str, dict[str
         raise DataError(
             f"dataset '{ds.name}': cannot load hub dataset '{name}': {reason}: {str(e).splitlines()[0]}\n"
             f"  point at a local file instead, e.g. in the datasets list:\n"
-            f"    - {ds.name}: {{input_file_path: {_EXAMPLE_FILES[ds.name]}}}") from e
+            f"    - {ds.name}: {{input_file_path: {ds.kind.example_file}}}") from e
     return ((f"{name} {split} row {i}", row) for split in loaded for i, row in enumerate(loaded[split]))
-
-
-_EXAMPLE_FILES = {
-    "oasst_export": "path/to/2023-04-12_oasst_ready.trees.jsonl.gz",
-    "alpaca": "path/to/alpaca_data.json",
-    "airoboros": "path/to/instructions.jsonl",
-}
-
-
-@contextmanager
-def _hub_timeouts(seconds: float) -> Iterator[None]:
-    """Bound the hub's network waits to `seconds`.
-
-    huggingface_hub reads HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT into module constants at import (and
-    transformers has usually imported it already), so the constants are set for the duration of the load; a
-    value the user set in the environment wins.
-    """
-    from huggingface_hub import constants
-
-    saved = {name: getattr(constants, name) for name in HUB_TIMEOUT_VARIABLES if name not in os.environ}
-    for name in saved:
-        setattr(constants, name, seconds)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(constants, name, value)

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from trainer.data.conversation import Conversation, Turn
-from trainer.data.formats import PromptFormat, Segment
+from trainer.formats import PromptFormat, Segment
 from trainer.errors import ConfigError
 from trainer.tokens import IGNORE_INDEX
 
 PRIME_BATCH = 4096  # texts per encode_batch call
+T = TypeVar("T")
 
 
 class SegmentEncoder:
@@ -155,6 +156,19 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
     return samples, stats
 
 
+def fit_exchanges(turns: Sequence[Turn], measure: Callable[[Sequence[Turn]], tuple[int, T]], limit: int,
+                  keep: int) -> tuple[int, T]:
+    """Drop whole exchanges, oldest first, until `measure(turns[dropped:])` (a length and what was measured) is
+    within `limit` or only `keep` turns are left; the header (system prompt) is the format's and always stays.
+    Training keeps the last exchange (and cuts its reply if it alone is too long); a chat keeps the new prompt."""
+    dropped = 0
+    length, measured = measure(turns)
+    while length > limit and len(turns) - dropped > keep:
+        dropped += 2
+        length, measured = measure(turns[dropped:])
+    return dropped, measured
+
+
 def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
                   system: str | None) -> np.ndarray:
     """A chat's generation prompt as ids, segment by segment exactly as the training samples were encoded."""
@@ -163,16 +177,13 @@ def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEnco
 
 def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
             max_length: int, label_masking: bool) -> EncodedSample | None:
-    arrays = encoder.lookup(segments)
+    def measure(turns: Sequence[Turn]) -> tuple[int, tuple[list[Segment], list[np.ndarray]]]:
+        rendered = segments if len(turns) == len(conv.turns) else fmt.render(dataclasses.replace(conv, turns=turns))
+        arrays = encoder.lookup(rendered)
+        return sum(map(len, arrays)), (rendered, arrays)
+
+    dropped, (segments, arrays) = fit_exchanges(conv.turns, measure, max_length, keep=2)
     total = sum(map(len, arrays))
-    dropped = 0
-    # Too long: drop the oldest exchanges (the header is re-rendered, so it stays) until the rest fits; the last
-    # exchange alone is kept even if it does not fit, and cut below.
-    while total > max_length and dropped + 2 < len(conv.turns):
-        dropped += 2
-        segments = fmt.render(dataclasses.replace(conv, turns=conv.turns[dropped:]))
-        arrays = encoder.lookup(segments)
-        total = sum(map(len, arrays))
     input_ids = np.concatenate(arrays)[:max_length]
     if label_masking:
         labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)

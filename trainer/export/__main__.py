@@ -1,5 +1,6 @@
+"""`python -m trainer.export RUN_DIR EXPORT_DIR ...` is `delphi export ...`."""
 import sys
 
-from trainer.export.cli import main
+from trainer.cli import main
 
-sys.exit(main())
+sys.exit(main(["export", *sys.argv[1:]]))

@@ -21,22 +21,22 @@ def write_record(out: Path, record: dict[str, Any]) -> None:
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def write_card(out: Path, run: RunOutput, record: dict[str, Any]) -> None:
-    config = run.config
+def write_card(out: Path, run: RunOutput, record: dict[str, Any], usage: list[str]) -> None:
+    entries = run.config.data.datasets if run.config else ()
     datasets = "\n".join(f"- `{d.name}` {json.dumps({k: v for k, v in d.option_items().items() if k != 'name'})}"
-                         for d in config.datasets) or "- (not recorded)"
+                         for d in entries) or "- (not recorded)"
     losses = "\n".join(f"| {k} | {v:.4f} |" for k, v in record["eval_loss"].items()) or "| (none logged) | |"
     resolved = run.path / RESOLVED_CONFIG
     lines = [
         f"# {out.name}",
         "",
-        f"Exported by Delphi (`python -m trainer.export --target {record['target']}`) from `{run.path}`.",
+        f"Exported by Delphi (`delphi export --target {record['target']}`) from `{run.path}`.",
         "",
         f"- base model: `{record['base_model']}`",
         f"- fine-tuning: {run.kind}" + (f", adapter merged (sha256 {run.adapter_sha256[:12]}…)" if run.is_adapter
                                         else ""),
         f"- weights: {record['dtype']}, {record['vocab_rows']:,} embedding rows",
-        f"- prompt format: `{config.prompt_format}`, end key `{record['end_key']!r}`",
+        f"- prompt format: `{record['prompt_format']}`, end key `{record['end_key']!r}`",
         f"- export check: {record['check']}",
         "",
         "## Data",
@@ -45,7 +45,7 @@ def write_card(out: Path, run: RunOutput, record: dict[str, Any]) -> None:
         "## Evaluation loss (last logged)",
         "| metric | value |", "|---|---|", losses,
         "",
-        *usage(record),
+        *usage,
         "",
         "## Resolved training config",
         "```yaml",
@@ -54,22 +54,3 @@ def write_card(out: Path, run: RunOutput, record: dict[str, Any]) -> None:
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))
-
-
-def usage(record: dict[str, Any]) -> list[str]:
-    if record["target"] != "ipu":
-        return ["## Use", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                "model = AutoModelForCausalLM.from_pretrained(PATH); tokenizer = AutoTokenizer.from_pretrained(PATH)",
-                "```"]
-    p = record["ipu_pipeline"]
-    shape = p["model_shape"]
-    return ["## Graphcore IPU pipeline (graphcore/examples nlp/dolly/popxl)",
-            f"Set `config.model.embedding.vocab_size = {p['vocab_size']}`; the graph's shape comes from the preset, "
-            f"not from config.json: layers {shape['layers']}, hidden {shape['hidden_size']}, heads {shape['heads']}, "
-            f"rotary dim {shape['rotary_dim']}"
-            + (f" (differs from the dolly preset in {sorted(p['differs_from_dolly_preset'])}: edit the preset)"
-               if p["differs_from_dolly_preset"] else " (the shipped dolly preset)") + ".",
-            "```python",
-            f"pipe = api.DollyPipeline(config, sequence_length={p['sequence_length']}, micro_batch_size=1,",
-            f"    hf_dolly_checkpoint=PATH, prompt_format={p['prompt_format']!r}, end_key={p['end_key']!r})",
-            "```"]

@@ -1,20 +1,18 @@
-"""`python -m trainer.export RUN_DIR EXPORT_DIR`: load (merging adapters), cast, write the target, check the
+"""`delphi export RUN_DIR EXPORT_DIR`: load (merging adapters), cast, write the target, check the
 written files against the model they came from, record, and (`--verify`) load them with the IPU pipeline's
 libraries. Bad input prints one message and exits with code 2.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ConfigError, DelphiError
+from trainer.errors import ConfigError, RunError
 from trainer.export.source import EXPORT_RECORD, RESOLVED_CONFIG, read_run
-
-TARGETS = ("hf", "ipu")
+from trainer.export.target import WriteOptions
+from trainer.export.targets import TARGETS
 
 
 @dataclass(frozen=True)
@@ -29,8 +27,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.data.formats import prompt_format
-    from trainer.export import check, hf, ipu, merge
+    from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
     from trainer.models import TORCH_DTYPES
     from trainer.tokens import load_tokenizer
@@ -38,22 +35,24 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     out = Path(out)
     if target not in TARGETS:
         raise ConfigError(f"--target: {target!r}; expected one of {', '.join(TARGETS)}")
-    if target == "ipu" and dtype == "bf16":
-        raise ConfigError("--dtype bf16 with --target ipu: the pipeline converts weights through numpy, which has "
-                          "no bf16; use fp16 (or fp32)")
-    if verify and target != "ipu":
-        raise ConfigError("--verify checks an IPU export against transformers 4.25.1; use it with --target ipu")
+    writer = TARGETS[target]
+    if dtype not in writer.dtypes:
+        raise ConfigError(f"--dtype {dtype} with --target {target}: {writer.loaded_by} reads "
+                          f"{' or '.join(writer.dtypes)} weights")
+    if verify and writer.verify is None:
+        raise ConfigError(f"--verify: --target {target} has no verification; it is offered for "
+                          f"{', '.join(n for n, t in TARGETS.items() if t.verify)}")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty; export writes a fresh directory")
     run = read_run(source, base_model)
     if run.is_adapter and run.export_record:
         raise ConfigError(f"{run.path}: an export directory holding an adapter; export from the training output")
     model_dir = run.base_model if run.is_adapter else run.path
-    if target == "ipu":
-        ipu.check_ipu_model(AutoConfig.from_pretrained(model_dir, trust_remote_code=run.config.trust_remote_code),
-                            str(model_dir))
+    if writer.check_model:
+        writer.check_model(AutoConfig.from_pretrained(model_dir, trust_remote_code=run.trust_remote_code),
+                           str(model_dir))
     tokenizer = load_tokenizer(str(run.path))
-    fmt = prompt_format(run.config, tokenizer)
+    fmt = run.prompt_format(tokenizer)
     texts = check.check_prompts(fmt)
     ids = check.prompt_ids(tokenizer, texts)
     if run.is_adapter:
@@ -66,52 +65,44 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
-        "base_model": run.base_model or run.config.model_name, "adapter_sha256": run.adapter_sha256,
-        "merged": run.is_adapter, "vocab_rows": model.get_input_embeddings().num_embeddings,
-        "prompt_format": run.config.prompt_format, "end_key": fmt.end_key,
-        "eval_loss": eval_losses(run.path),
+        "base_model": run.base_model or (run.config.model.model_name if run.config else str(run.path)),
+        "adapter_sha256": run.adapter_sha256, "merged": run.is_adapter,
+        "vocab_rows": model.get_input_embeddings().num_embeddings,
+        "prompt_format": fmt.name, "end_key": fmt.end_key, "eval_loss": eval_losses(run.path),
     }
     out.mkdir(parents=True, exist_ok=True)
-    if target == "ipu":
-        ipu.check_tokens(tokenizer, fmt.end_key)
-        if sequence_length is None:
-            sequence_length = min(run.config.max_length, ipu.MAX_SEQUENCE_LENGTH)
-        record["ipu_pipeline"] = ipu.pipeline_settings(model, tokenizer, fmt, sequence_length)
-        ipu.write_ipu(model, tokenizer, out, max_shard_size, record["ipu_pipeline"]["sequence_length"])
-        print(ipu.describe(record["ipu_pipeline"]), flush=True)
-    else:
-        hf.write_hf(model, tokenizer, out, max_shard_size)
+    options = WriteOptions(max_shard_size, sequence_length, run.config.data.max_length if run.config else None)
+    record |= writer.write(model, tokenizer, fmt, out, options)
     del model
-    written = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
-                                                   trust_remote_code=run.config.trust_remote_code)
+    written = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=run.trust_remote_code)
     exported = check.run_prompts(written, ids)
     against = "adapter model (base unquantized, original precision)" if run.is_adapter else "source model"
     comparison = check.compare(f"export ({dtype}) vs {against}", reference, exported, dtype)
     print(comparison.line(), flush=True)
     if not comparison.ok:
         shutil.rmtree(out)
-        raise ConfigError(f"export check failed, {out} removed: {comparison.line()}")
+        raise RunError(f"export check failed, {out} removed: {comparison.line()}")
     record["check"] = comparison.line()
     record["max_logit_diff"] = comparison.max_diff
     if (run.path / RESOLVED_CONFIG).is_file():
         shutil.copy(run.path / RESOLVED_CONFIG, out / RESOLVED_CONFIG)
     if verify:
-        from trainer.export.verify import verify_ipu
-
-        verified = verify_ipu(out, texts, ids, exported, fmt.end_key)
+        verified = writer.verify(out, texts, ids, exported, fmt.end_key)
         print(verified.line(), flush=True)
         record["verify"] = verified.line()
     write_record(out, record)
-    write_card(out, run, record)
+    write_card(out, run, record, writer.usage(record))
     return ExportResult(out, record)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__)
+def parse_args(argv: list[str]):
+    from trainer.cli import ArgumentParser
+
+    p = ArgumentParser(prog="delphi export", description=__doc__)
     p.add_argument("source", help="a training output_dir (full model, LoRA or QLoRA adapter) or an export")
     p.add_argument("out", help="the export directory to create (must not exist or be empty)")
-    p.add_argument("--target", choices=TARGETS, default="hf",
-                   help="hf: safetensors for transformers/vLLM/TGI; ipu: Graphcore's IPU pipeline (GPT-NeoX)")
+    p.add_argument("--target", choices=tuple(TARGETS), default="hf",
+                   help="; ".join(f"{name}: {t.loaded_by}" for name, t in TARGETS.items()))
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     p.add_argument("--base_model", help="the adapter's base, when resolved_config.yaml's model_name is not found")
     p.add_argument("--max_shard_size", default="10GB", help="weights are split into files of at most this size")
@@ -122,13 +113,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
-                        args.sequence_length, args.verify)
-    except DelphiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def main(argv: list[str]) -> int:
+    """`delphi export`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
+    args = parse_args(argv)
+    result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
+                    args.sequence_length, args.verify)
     print(f"exported to {result.out} ({EXPORT_RECORD}, README.md)")
     return 0

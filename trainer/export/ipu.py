@@ -1,7 +1,8 @@
 """`--target ipu`: a directory Graphcore's IPU inference pipeline (graphcore/examples `nlp/dolly/popxl`,
 `api.DollyPipeline`) loads unchanged, with the library versions it pins (transformers 4.25.1, tokenizers 0.13.3).
 
-What that means, and why (shared notes `ipu-export.md` §2):
+What that means, and why (graphcore/examples `nlp/dolly/popxl`: `api.DollyPipeline`, `config/inference.yml`, and
+the checkpoint loader `utils/setup.py`):
 - GPT-NeoX only: the pipeline builds a GPT-NeoX graph and copies weights by GPT-NeoX attribute names.
 - `pytorch_model.bin` (shards + `pytorch_model.bin.index.json` past the size limit): 4.25.1 without the
   `safetensors` package cannot read `model.safetensors`. fp16 parameters; no buffers.
@@ -20,9 +21,11 @@ import torch
 
 from trainer.data.conversation import PROMPTER, Turn
 from trainer.errors import ConfigError
+from trainer.export.target import ExportTarget, WriteOptions
+from trainer.tokens import ASSISTANT_TOKEN, PROMPTER_TOKEN
 
 MAX_SEQUENCE_LENGTH = 2048  # the pipeline's largest compiled input
-ONE_TOKEN = ("<|endoftext|>", "<|prompter|>", "<|assistant|>")
+ONE_TOKEN = ("<|endoftext|>", PROMPTER_TOKEN, ASSISTANT_TOKEN)
 # The shipped `dolly` presets of config/inference.yml (Pythia-12B): another shape needs a preset edited to match.
 DOLLY_PRESET = {"layers": 36, "hidden_size": 5120, "heads": 40, "rotary_dim": 32, "sequence_length": 2048}
 # The GPT-NeoX variant the pipeline's graph implements: config field -> (required value, what it means).
@@ -114,11 +117,17 @@ def check_tokens(tokenizer, end_key: str) -> None:
                               f"needs it as exactly one")
 
 
-def write_ipu(model, tokenizer, out: Path, max_shard_size: str, sequence_length: int) -> None:
-    model.save_pretrained(out, max_shard_size=max_shard_size)  # today's names (embed_out), then converted
+def write_ipu(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[str, Any]:
+    """The pipeline's files, and its settings for the record (printed too: the user passes them on)."""
+    check_tokens(tokenizer, fmt.end_key)
+    sequence_length = options.sequence_length or min(options.max_length or MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH)
+    settings = pipeline_settings(model, tokenizer, fmt, sequence_length)
+    model.save_pretrained(out, max_shard_size=options.max_shard_size)  # today's names (embed_out), then converted
     safetensors_to_bin(out)
     write_legacy_config(model, tokenizer, out)
     write_legacy_tokenizer(tokenizer, out, sequence_length)
+    print(describe(settings), flush=True)
+    return {"ipu_pipeline": settings}
 
 
 def safetensors_to_bin(out: Path) -> None:
@@ -179,3 +188,30 @@ def write_legacy_tokenizer(tokenizer, out: Path, sequence_length: int) -> None:
               "model_max_length": sequence_length, "padding_side": "right", **specials}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
+
+
+def usage(record: dict[str, Any]) -> list[str]:
+    p = record["ipu_pipeline"]
+    shape = p["model_shape"]
+    return ["## Graphcore IPU pipeline (graphcore/examples nlp/dolly/popxl)",
+            f"Set `config.model.embedding.vocab_size = {p['vocab_size']}`; the graph's shape comes from the preset, "
+            f"not from config.json: layers {shape['layers']}, hidden {shape['hidden_size']}, heads {shape['heads']}, "
+            f"rotary dim {shape['rotary_dim']}"
+            + (f" (differs from the dolly preset in {sorted(p['differs_from_dolly_preset'])}: edit the preset)"
+               if p["differs_from_dolly_preset"] else " (the shipped dolly preset)") + ".",
+            "```python",
+            f"pipe = api.DollyPipeline(config, sequence_length={p['sequence_length']}, micro_batch_size=1,",
+            f"    hf_dolly_checkpoint=PATH, prompt_format={p['prompt_format']!r}, end_key={p['end_key']!r})",
+            "```"]
+
+
+def verify(out: Path, prompts: list[str], ids: list[list[int]], exported, end_key: str):
+    """The export loaded by transformers 4.25.1 / tokenizers 0.13.3 in their own venv (`trainer.export.verify`)."""
+    from trainer.export.verify import verify_ipu
+
+    return verify_ipu(out, prompts, ids, exported, end_key)
+
+
+# bf16: the pipeline converts weights through numpy, which has no bf16.
+TARGET = ExportTarget("ipu", "Graphcore's IPU pipeline (DollyPipeline; transformers 4.25.1, GPT-NeoX only)",
+                      ("fp16", "fp32"), write_ipu, usage, check_model=check_ipu_model, verify=verify)

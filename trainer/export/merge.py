@@ -19,7 +19,7 @@ def load_full_model(run: RunOutput):
     """A full (not adapter) run's model, in the checkpoint's own precision."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(run.path, dtype="auto", trust_remote_code=run.config.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(run.path, dtype="auto", trust_remote_code=run.trust_remote_code)
 
 
 def load_adapter_model(run: RunOutput, tokenizer):

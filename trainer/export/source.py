@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig, repo_relative
+from trainer.config import TrainConfig
 from trainer.errors import ConfigError
+from trainer.formats import PromptFormat, build_format, detect_format, format_for
 from trainer.inference import ADAPTER_CONFIG, RESOLVED_CONFIG, read_resolved_config
+from trainer.paths import bundled
 
 EXPORT_RECORD = "delphi_export.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -25,7 +27,7 @@ class RunOutput:
     """A directory to export from."""
 
     path: Path
-    config: TrainConfig  # the run's resolved config (defaults for a plain model directory)
+    config: TrainConfig | None  # the run's resolved config; None for a plain model directory
     kind: str  # "full", "lora" or "qlora"
     base_model: str | None  # adapters only: the base the adapter was trained on
     adapter_sha256: str | None  # adapters only: identifies the adapter, so a second merge can be refused
@@ -35,13 +37,23 @@ class RunOutput:
     def is_adapter(self) -> bool:
         return self.kind != "full"
 
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self.config and self.config.model.trust_remote_code)
+
+    def prompt_format(self, tokenizer) -> PromptFormat:
+        """The format the run was trained in; a plain model directory gets the one its tokenizer shows."""
+        if self.config is not None:
+            return format_for(self.config.data, tokenizer)
+        return build_format(detect_format(tokenizer)[0], tokenizer)
+
 
 def read_run(path: Path | str, base_model: str | None = None) -> RunOutput:
     """Reads the run's resolved config and classifies it; `base_model` overrides where the adapter's base is."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such directory; expected a training output or an export directory")
-    config = read_config(path)
+    config = read_resolved_config(path)
     record = read_export_record(path)
     if not (path / ADAPTER_CONFIG).is_file():
         if not (path / "config.json").is_file():
@@ -51,18 +63,13 @@ def read_run(path: Path | str, base_model: str | None = None) -> RunOutput:
     if not weights:
         raise ConfigError(f"{path}/{ADAPTER_CONFIG}: found, but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
     adapter = json.loads((path / ADAPTER_CONFIG).read_text())
-    base = base_model or config.model_name or adapter.get("base_model_name_or_path")
+    base = base_model or (config and config.model.model_name) or adapter.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{path}/{RESOLVED_CONFIG}: model_name is not set and {ADAPTER_CONFIG} has no "
                           f"base_model_name_or_path; pass --base_model")
-    base = repo_relative(base)
-    kind = config.mode if config.mode in ("lora", "qlora") else "lora"
+    base = bundled(base)
+    kind = config.adapters.mode if config and config.adapters.mode in ("lora", "qlora") else "lora"
     return RunOutput(path, config, kind, base, file_sha256(weights[0]), record)
-
-
-def read_config(path: Path) -> TrainConfig:
-    """The run's resolved config; a plain model directory without one gets the defaults, named after itself."""
-    return read_resolved_config(path) or TrainConfig(model_name=str(path))
 
 
 def read_export_record(path: Path) -> dict[str, Any] | None:

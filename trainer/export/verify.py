@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import REPO_ROOT
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, RunError
 from trainer.export.check import GREEDY_TOKENS, Comparison, Outputs, compare
 from trainer.export.ipu import ONE_TOKEN
+from trainer.paths import CHECKOUT
 
 PROBE = Path(__file__).with_name("old_lib_probe.py")
 # Buffers 4.25.1 keeps in its state dict and rebuilds itself when a checkpoint omits them (as today's does).
@@ -24,7 +24,7 @@ REBUILT_BUFFERS = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_fr
 
 
 def old_lib_python() -> Path:
-    venv = Path(os.environ.get("DELPHI_IPU_VENV", REPO_ROOT / ".venv-ipu"))
+    venv = Path(os.environ.get("DELPHI_IPU_VENV", CHECKOUT / ".venv-ipu"))
     python = venv / "bin" / "python"
     if not python.is_file():
         raise ConfigError(f"--verify: no old-library venv at {venv}; create it with `bash scripts/setup_ipu_env.sh` "
@@ -40,7 +40,7 @@ def run_probe(out: Path, prompts: list[str], end_key: str) -> dict:
         done = subprocess.run([str(old_lib_python()), str(PROBE), str(out), str(request), str(result)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
         if done.returncode != 0:
-            raise ConfigError(f"--verify: transformers 4.25.1 could not load {out}:\n"
+            raise RunError(f"--verify: transformers 4.25.1 could not load {out}:\n"
                               + "\n".join(done.stderr.strip().splitlines()[-5:]))
         return torch.load(result, weights_only=True)
 
@@ -61,7 +61,7 @@ def verify_ipu(out: Path, prompts: list[str], ids: list[list[int]], exported: Ou
         problems.append(f"config.json / pytorch_model*.bin: greedy tokens differ: {seen['greedy']} under 4.25.1, "
                         f"{exported.greedy} here")
     if problems:
-        raise ConfigError(f"--verify: {out} under transformers 4.25.1:\n  " + "\n  ".join(problems))
+        raise RunError(f"--verify: {out} under transformers 4.25.1:\n  " + "\n  ".join(problems))
     return comparison
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError
-from trainer.sweep import Metric, read_state
 from trainer.run_log import read_metrics
+from trainer.sweep.spec import Metric
+from trainer.sweep.trials import read_state
 
 
 @dataclass
@@ -44,7 +45,7 @@ class TrialResult:
 def read_results(sweep_dir: Path) -> tuple[dict[str, Any], list[TrialResult]]:
     manifest_path = sweep_dir / "sweep.json"
     if not manifest_path.is_file():
-        raise ConfigError(f"{sweep_dir}: no sweep.json; is this the output_dir of `python -m trainer.sweep run`?")
+        raise ConfigError(f"{sweep_dir}: no sweep.json; is this the output_dir of `delphi sweep run`?")
     manifest = json.loads(manifest_path.read_text())
     results = []
     for name in manifest["trials"]:

@@ -1,4 +1,5 @@
-"""OASST message trees to SFT threads, with OASST's `oasst_export` rules (notes/formats.md §2) kept exactly.
+"""OASST message trees to SFT threads, with the rules of OASST's `oasst_export` loader (LAION-AI/Open-Assistant
+`model/model_training/custom_datasets/oasst_dataset.py`, 2da2d8c) kept exactly.
 
 Trees come from tree exports (one tree per line), from flat message exports, or from the hub's flat
 `OpenAssistant/oasst1` table; the last two are rebuilt into trees first. Each tree that passes the tree filter
@@ -12,10 +13,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.config import DatasetConfig
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.data.jsonl import BadRecords
+from trainer.data.kinds.base import DatasetKind, Rows
 from trainer.errors import DataError
+from trainer.schema import FieldProblems, comma_list, option
 
 # The per-filter counts, in the order a report lists them.
 COUNT_KEYS = (
@@ -33,6 +35,22 @@ _OPTIONAL_TYPES = (("lang", str), ("parent_id", str), ("deleted", bool), ("synth
 
 
 @dataclass(frozen=True)
+class OasstOptions:
+    """The `oasst_export` entry's own options (OASST's defaults)."""
+
+    lang: str = option("en", "comma list of languages, checked on each tree's root prompt")
+    top_k: int | None = option(None, "keep only replies ranked better than k (unranked only children pass)")
+    tree_state: str = option("ready_for_export", "comma list of tree states to keep")
+    include_deleted: bool = option(False, "keep threads with a deleted message")
+    include_synthetic: bool = option(False, "keep threads with a synthetic message")
+    include_spam: bool = option(False, "keep trees whose root prompt's review_result is false or null")
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise FieldProblems([("top_k", f"must be at least 1, got {self.top_k}")])
+
+
+@dataclass(frozen=True)
 class TreeFilter:
     """The `oasst_export` options that decide which trees and paths become threads."""
 
@@ -44,14 +62,10 @@ class TreeFilter:
     include_spam: bool = False
 
     @classmethod
-    def from_config(cls, ds: DatasetConfig) -> TreeFilter:
-        return cls(states=_comma_set(ds.tree_state), langs=_comma_set(ds.lang), top_k=ds.top_k,
-                   include_deleted=ds.include_deleted, include_synthetic=ds.include_synthetic,
-                   include_spam=ds.include_spam)
-
-
-def _comma_set(value: str) -> frozenset[str]:
-    return frozenset(part.strip() for part in value.split(",") if part.strip())
+    def from_options(cls, options: OasstOptions) -> TreeFilter:
+        return cls(states=frozenset(comma_list(options.tree_state)), langs=frozenset(comma_list(options.lang)),
+                   top_k=options.top_k, include_deleted=options.include_deleted,
+                   include_synthetic=options.include_synthetic, include_spam=options.include_spam)
 
 
 def new_counts() -> dict[str, int]:
@@ -231,3 +245,13 @@ def load_trees(trees: Iterable[tuple[str, dict[str, Any]]], rules: TreeFilter, c
         if threads is not None:
             kept.append(threads)
     return kept
+
+
+def read_threads(rows: Rows, options: OasstOptions, bad: BadRecords, source: str):
+    """Threads per tree (the split unit), for every tree that passed the tree filter."""
+    counts = new_counts()
+    return load_trees(trees_from_records(rows, bad), TreeFilter.from_options(options), counts, bad, source), counts
+
+
+KIND = DatasetKind("oasst_export", "OpenAssistant/oasst1", 0.2, "path/to/2023-04-12_oasst_ready.trees.jsonl.gz",
+                   read_threads, OasstOptions, unit="tree")

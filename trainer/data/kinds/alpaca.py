@@ -5,6 +5,7 @@ from typing import Any
 
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.data.jsonl import string_field
+from trainer.data.kinds.base import DatasetKind, record_reader
 
 
 def alpaca_conversation(record: dict[str, Any], where: str, source: str = "alpaca") -> Conversation:
@@ -14,3 +15,8 @@ def alpaca_conversation(record: dict[str, Any], where: str, source: str = "alpac
     context = string_field(record, "input", where, default="")
     output = string_field(record, "output", where)
     return Conversation((Turn(PROMPTER, instruction, context), Turn(ASSISTANT, output)), source, where)
+
+
+# OASST's `alpaca` entry means yahma/alpaca-cleaned, split 80/20.
+KIND = DatasetKind("alpaca", "yahma/alpaca-cleaned", 0.2, "path/to/alpaca_data.json",
+                   record_reader(alpaca_conversation))

@@ -1,0 +1,26 @@
+"""What Delphi knows about one model architecture, in one entry: every place that would otherwise special-case a
+`model_type` reads it from here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Literal
+
+# How samples sharing a packed row are kept from attending to each other (see trainer/data/collate.py).
+Isolation = Literal["position_ids", "block_mask"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str  # config.json's model_type
+    # Config fields holding the residual dropout: dropout on the attention and MLP outputs before they join the
+    # residual stream, which is what OASST's `residual_dropout` patched in (attention-prob dropout is left alone).
+    dropout_fields: tuple[str, ...]
+    packing: Isolation  # verified by tests/test_collate.py to keep packed samples apart
+    # (vocab_size, hidden, layers, heads, max_positions) -> a transformers config of a tiny model (demo, tests)
+    tiny_config: Callable[[int, int, int, int, int], Any]
+    # Changes to the loaded config before the weights load, given the training max_length; returns notes.
+    adapt_config: Callable[[Any, int], list[str]] | None = None
+    # Applied to the built model (e.g. settings its class does not read from the config).
+    after_load: Callable[[Any, float], None] | None = None
+    # Entered while the model loads in 4 bits (e.g. to make its linear layers quantizable).
+    quantized_load: Callable[[], ContextManager] | None = None

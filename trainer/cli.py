@@ -1,0 +1,160 @@
+"""`delphi`: one command for everything, with one argument style (`--key value`, `--key=value`; dashes and
+underscores alike) and one error wrapper (a `DelphiError` is one `error: ...` line and exit code 2).
+
+    delphi train  --configs defaults demo-data tiny-pythia [--key value ...]    (= python trainer_sft.py ...)
+    delphi data   --configs ... [--examples N] [--dump FILE] [--rebuild]       (= python -m trainer.data ...)
+    delphi export RUN_DIR EXPORT_DIR [--target hf|ipu] [--verify]             (= python -m trainer.export ...)
+    delphi chat   --model DIR [--temperature 0] [--k 5]                       (= python -m trainer.chat ...)
+    delphi sweep  run|wandb|report ...                                        (= python -m trainer.sweep ...)
+
+`torchrun --nproc_per_node 8 -m trainer train ...` and `deepspeed --module trainer train ...` launch the same
+training on many processes, from any directory once Delphi is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from trainer.errors import ConfigError, DelphiError
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def dashes_to_underscores(argv: Sequence[str]) -> list[str]:
+    """`--wandb-entity x` and `--wandb_entity=x` name the same option; `--no-KEY` keeps its dash after `no`."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            negated = name.startswith("no-")
+            name = ("no-" if negated else "") + name[3 if negated else 0:].replace("-", "_")
+            arg = f"--{name}{eq}{value}"
+        out.append(arg)
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the non-config commands, with the same spelling rules as the config flags and errors that
+    go through the one wrapper."""
+
+    def parse_args(self, args=None, namespace=None):
+        return super().parse_args(dashes_to_underscores(sys.argv[1:] if args is None else args), namespace)
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def train_command(argv: list[str]) -> int:
+    from trainer.config import resolve, split_argv
+    from trainer.help import config_help
+
+    if wants_help(argv):
+        print(config_help("delphi train", argv))
+        return 0
+    from trainer.recipe import run
+
+    # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+    run(resolve(split_argv(argv, extra_options={"local_rank": True})))
+    return 0
+
+
+DATA_OPTIONS = {"examples": True, "dump": True, "rebuild": False}
+
+
+def data_command(argv: list[str]) -> int:
+    """Builds (or loads from cache) every dataset of the config, prints the data report, writes it as JSON with
+    the resolved config into `output_dir`, and optionally dumps every processed sample as JSONL."""
+    import json
+
+    from trainer.config import resolve, split_argv, write_resolved
+    from trainer.help import config_help
+
+    if wants_help(argv):
+        print(config_help("delphi data", argv, extra={
+            "--examples N": "rendered examples per dataset, trained spans between ⟦ and ⟧ (default 2)",
+            "--dump FILE": "write every processed sample (text, input_ids, labels) as JSONL",
+            "--rebuild": "tokenize again even if the cache holds the datasets"}))
+        return 0
+    args = split_argv(argv, DATA_OPTIONS)
+    examples = args.extra.get("examples", "2")
+    if not str(examples).isdigit():
+        raise ConfigError(f"--examples must be a number of samples (0 or more), got {examples!r}")
+    dump = Path(args.extra["dump"]) if "dump" in args.extra else None
+    if dump is not None and not dump.parent.is_dir():
+        raise ConfigError(f"--dump {dump}: the directory {dump.parent} does not exist")
+    config = resolve(args)
+    if not config.data.datasets:
+        raise ConfigError("the config names no datasets: add a section with a `datasets:` list to --configs")
+
+    import datasets
+
+    from trainer.data.build import build_datasets
+    from trainer.data.report import dataset_figures, format_report, write_dump
+    from trainer.tokens import load_tokenizer
+
+    datasets.disable_progress_bars()
+    tokenizer = load_tokenizer(config.model.tokenizer)
+    built = build_datasets(config.data, tokenizer, rebuild=args.extra.get("rebuild", False))
+    figures = [dataset_figures(b, config) for b in built]
+    print(format_report(built, figures, tokenizer, int(examples)))
+    out = Path(config.outputs.output_dir)
+    write_resolved(config, out)
+    (out / "data_report.json").write_text(json.dumps(dict(zip((b.name for b in built), figures)), indent=1))
+    print(f"report and resolved config written to {out}/")
+    if dump is not None:
+        print(f"{write_dump(dump, built, tokenizer):,} samples dumped to {dump}")
+    return 0
+
+
+def export_command(argv: list[str]) -> int:
+    from trainer.export.cli import main
+
+    return main(argv)
+
+
+def chat_command(argv: list[str]) -> int:
+    from trainer.chat import main
+
+    return main(argv)
+
+
+def sweep_command(argv: list[str]) -> int:
+    from trainer.sweep.cli import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_command, "data": data_command, "export": export_command, "chat": chat_command,
+    "sweep": sweep_command,
+}
+
+
+def guarded(command: Callable[[list[str]], int], argv: list[str]) -> int:
+    """The one error wrapper: bad input is one line on stderr and exit code 2, never a traceback."""
+    try:
+        return command(argv)
+    except DelphiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: delphi COMMAND [options]   (delphi COMMAND --help for each)\n\n{USAGE}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from trainer.schema import nearest
+
+        print(f"error: unknown command '{name}'{nearest(name, COMMANDS)}; commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return guarded(COMMANDS[name], rest)

@@ -1,0 +1,1 @@
+"""Data: one module per source format (`kinds/`), then rendering, tokenizing, caching, batching, reporting."""

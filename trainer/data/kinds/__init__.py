@@ -1,0 +1,10 @@
+"""The dataset kinds, one module each; `KINDS` is the registry the config, the loader and `--help` read.
+
+Adding a kind is one module defining `KIND = DatasetKind(...)` (defaults, options, reader, example) and one line
+below."""
+from __future__ import annotations
+
+from trainer.data.kinds import airoboros, alpaca, oasst
+from trainer.data.kinds.base import DatasetKind
+
+KINDS: dict[str, DatasetKind] = {k.name: k for k in (oasst.KIND, alpaca.KIND, airoboros.KIND)}

@@ -1,0 +1,116 @@
+"""What every prompt format is: a renderer of conversations into trained and untrained text segments.
+
+A format renders a conversation as a list of `Segment`s: pieces of text, each either trained (an assistant reply
+and its end token) or not (everything the model is given). Message texts and special tokens are segments of
+their own, so `trainer.data.tokenize` can encode each distinct text once and reuse it across the OASST threads
+that share a prefix. The prompter side of an exchange is one segment in the template formats (airoboros, alpaca,
+plain) because there the template text runs into the message text and must be tokenized with it, exactly as the
+prompt is tokenized at inference; the reply is always a segment of its own (source and target are tokenized
+separately, as the qlora fork does, and inference also stops the prompt right before the reply).
+
+Rendering is a header (bos, system prefix or preamble) followed by one block per prompter/assistant exchange.
+`generation_prompt` uses the same pieces and stops right after the last prompter block, so the string a chat
+sends is byte for byte the prefix the model was trained on.
+
+A format class is one registry entry (`trainer.formats.FORMATS`): besides rendering it says which tokens the
+tokenizer must hold, which data-config keys it reads (`option_keys`, also part of the dataset cache key) and
+whether a tokenizer betrays that a model was trained with it (`detect`).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple, Sequence
+
+from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
+from trainer.errors import DataError
+
+
+class Segment(NamedTuple):
+    text: str
+    trained: bool  # True for the assistant reply and its end token (the only tokens with labels when masking)
+
+
+def turn_text(turn: Turn) -> str:
+    """OASST's alpaca rule for formats without an input block: the input goes on a new line after the text."""
+    return f"{turn.text}\n{turn.context}" if turn.context else turn.text
+
+
+def check_alternation(turns: Sequence[Turn], where: str, *, ends_with: str) -> None:
+    """Formats render prompter/assistant pairs; anything else is a reader bug or bad data, named by origin."""
+    if not turns:
+        raise DataError(f"{where}: conversation has no turns")
+    for i, turn in enumerate(turns):
+        expected = PROMPTER if i % 2 == 0 else ASSISTANT
+        if turn.role != expected:
+            raise DataError(f"{where}: turn {i} has role {turn.role!r}, expected {expected!r} "
+                            f"(turns alternate, starting with a prompter turn)")
+    if turns[-1].role != ends_with:
+        raise DataError(f"{where}: the last turn must have role {ends_with!r}, got {turns[-1].role!r}")
+
+
+class PromptFormat(ABC):
+    """One prompt format. `system` is the configured system prefix (None when `use_system_prefix` is off)."""
+
+    name: ClassVar[str]
+    required_tokens: ClassVar[tuple[str, ...]] = ()  # the tokenizer must hold these (as special tokens)
+    option_keys: ClassVar[tuple[str, ...]] = ()  # data-config keys read besides the system prefix
+    end_key: str  # the stop string a chat watches for: what ends every trained reply
+
+    def __init__(self, eos: str, bos: str | None, system: str | None, **options: Any):
+        unknown = set(options) - set(self.option_keys)
+        if unknown:
+            raise TypeError(f"prompt format {self.name!r} takes no options {sorted(unknown)}")
+        self.eos = eos
+        self.bos = bos
+        self.system = system
+        self.options = options
+
+    @classmethod
+    def detect(cls, tokenizer) -> bool:
+        """True when a tokenizer shows that a model was trained in this format (for directories without a
+        resolved config); formats without a tell-tale token never claim one."""
+        return False
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the rendered text, for cache keys."""
+        return {"name": self.name, "system": self.system, "eos": self.eos, "bos": self.bos, **self.options}
+
+    @abstractmethod
+    def header(self, first: Turn, system: str | None) -> list[Segment]:
+        """What comes before the first exchange (never trained); `first` is the first prompter turn."""
+
+    @abstractmethod
+    def prompt(self, turn: Turn, index: int) -> list[Segment]:
+        """The prompter block of exchange `index` (0 = first), ending where the model starts to answer."""
+
+    @abstractmethod
+    def reply(self, turn: Turn) -> list[Segment]:
+        """The assistant reply and its end token (both trained)."""
+
+    def render(self, conv: Conversation) -> list[Segment]:
+        """The training sample: header, then prompt + reply for every exchange."""
+        turns = conv.turns
+        check_alternation(turns, conv.origin or conv.source, ends_with=ASSISTANT)
+        segments = self.header(turns[0], self.system)
+        for i in range(0, len(turns), 2):
+            segments += self.prompt(turns[i], i // 2)
+            segments += self.reply(turns[i + 1])
+        return segments
+
+    def generation_segments(self, turns: Sequence[Turn], system: str | None) -> list[Segment]:
+        """The segments to generate the next reply from: `turns` is the history, ending with a prompter turn.
+
+        `system` is the system prefix to use, None for none (pass `self.system` for the one trained with).
+        """
+        check_alternation(turns, "chat history", ends_with=PROMPTER)
+        segments = self.header(turns[0], system)
+        for i in range(0, len(turns) - 1, 2):
+            segments += self.prompt(turns[i], i // 2)
+            segments += self.reply(turns[i + 1])
+        segments += self.prompt(turns[-1], len(turns) // 2)
+        return segments
+
+    def generation_prompt(self, turns: Sequence[Turn], system: str | None) -> str:
+        """`generation_segments` as one string. With earlier replies in the history, encode the segments
+        instead (`trainer.data.tokenize.encode_prompt`): a reply was trained tokenized apart from its prompt."""
+        return "".join(s.text for s in self.generation_segments(turns, system))

@@ -1,0 +1,47 @@
+"""The SFT recipe: config in, trained model out. What `delphi train`, `trainer_sft.py`, the sweeps' trials, the
+benchmarks and the tests all run.
+
+    tokenizer -> model (full / LoRA / QLoRA) -> datasets (cached) -> collator -> sampler -> train()
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from trainer.config import TrainConfig
+from trainer.train import TrainResult
+
+
+def sampler_factory(config: TrainConfig, built):
+    """Per-dataset draws: fixed once (OASST without `use_custom_sampler`) or redrawn every epoch (with it)."""
+    from trainer.data.sampler import PerDatasetSampler, draw_counts
+
+    data, optim = config.data, config.optim
+    lengths = [b.train["length"] for b in built]
+    counts = draw_counts(data.datasets, [len(x) for x in lengths])
+    return lambda _data, world_size, rank: PerDatasetSampler(
+        lengths, counts, seed=optim.rng_seed, batch_size=optim.per_device_train_batch_size, rank=rank,
+        world_size=world_size, resample=data.use_custom_sampler, sort_by_length=data.sort_by_length)
+
+
+def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
+    """Train as the config says, on 1 process or many (the launcher, `torchrun` or `deepspeed`, sets the ranks).
+    `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them)."""
+    from trainer.data.build import build_datasets
+    from trainer.data.collate import packing_isolation, training_collator
+    from trainer.data.report import dataset_figures
+    from trainer.models import load_model
+    from trainer.tokens import load_tokenizer
+    from trainer.train import train
+
+    tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length)
+    loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
+                        deepspeed=config.optim.deepspeed)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(loaded.notes), flush=True)
+    built = build_datasets(config.data, tokenizer)
+    collator = training_collator(config.data, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
+    report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
+    return train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
+                 collator, sampler_factory(config, built), data_report=report, optim=loaded.optimizer,
+                 callbacks=callbacks)

@@ -1,0 +1,27 @@
+"""The same sweep for wandb's controller: `wandb sweep FILE` + `wandb agent ID`."""
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.sweep.spec import Sweep
+from trainer.sweep.trials import base_args
+
+
+def wandb_config(sweep: Sweep) -> dict[str, Any]:
+    """The same sweep for `wandb sweep FILE` + `wandb agent ID` (run from the repository root).
+
+    Fixed values become single-value parameters, so they show in every run's config. `$WANDB_RUN_ID` in
+    `--output_dir` is expanded by the trainer: each agent run writes (and resumes) in its own directory. The agent
+    learns results only through wandb, so its runs always report there."""
+    fixed = {**sweep.fixed, "report_to": "wandb", "log_wandb": True}
+    parameters = {k: {"value": v} for k, v in fixed.items()}
+    parameters.update({p.key: p.wandb() for p in sweep.parameters})
+    return {
+        "name": sweep.name,
+        "program": "trainer_sft.py",
+        "method": sweep.method,
+        "metric": {"name": sweep.metric.name, "goal": sweep.metric.goal},
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", "${program}", *base_args(sweep),
+                    f"--output_dir={sweep.output_dir}/$WANDB_RUN_ID", f"--wandb_group={sweep.name}", "${args}"],
+    }
