@@ -9,6 +9,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Test tiers: `reference_data` marks every test that reads ../shared/data (through the fixture), and `gpu`
+    tests skip, saying so, where there is no CUDA device. `-m "not slow"` leaves out the multi-process ones."""
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "reference_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.reference_data)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+
+
 def _bundled_texts():
     for path in sorted((REPO / "data").rglob("*")):
         if path.is_file():

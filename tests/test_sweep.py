@@ -58,6 +58,7 @@ def grid(tiny_model_dir, tmp_path_factory):
     return path, tmp / "grid", first, logs, second
 
 
+@pytest.mark.slow
 def test_a_grid_runs_every_trial_once_and_a_second_run_starts_nothing(grid):
     path, out, first, logs, second = grid
     assert first == 0
@@ -75,6 +76,7 @@ def test_a_grid_runs_every_trial_once_and_a_second_run_starts_nothing(grid):
     assert {p: p.stat().st_mtime_ns for p in logs} == logs  # nothing was started again
 
 
+@pytest.mark.slow
 def test_the_report_table_holds_each_trials_own_metrics_sorted_by_the_metric(grid):
     import csv
 
@@ -98,6 +100,7 @@ def test_the_report_table_holds_each_trials_own_metrics_sorted_by_the_metric(gri
     assert len(markdown) == 2 + 4 and markdown[2].startswith(f"| {rows[0]['trial']} |")
 
 
+@pytest.mark.slow
 def test_the_plots_are_pngs_with_one_line_per_trial(grid):
     import matplotlib.image
 
@@ -117,6 +120,7 @@ def test_the_plots_are_pngs_with_one_line_per_trial(grid):
     assert all(len(ax.collections[0].get_offsets()) == 4 for ax in panels)
 
 
+@pytest.mark.slow
 def test_a_killed_trial_resumes_from_its_checkpoint_and_a_failing_one_is_reported(tiny_model_dir, tmp_path,
                                                                                    monkeypatch):
     pytest.importorskip("matplotlib", reason="`run` writes the report, whose plots need matplotlib")

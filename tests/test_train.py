@@ -158,20 +158,32 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, t
     assert lrs[0] == lrs[1]
 
 
-def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(tokenizer, tiny_model_dir, tmp_path):
-    """One torchrun with 2 CPU ranks (gloo), DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe."""
+@pytest.fixture(scope="module")
+def zero2_runs(tiny_model_dir, tmp_path_factory):
+    """torchrun with 2 CPU ranks (gloo) x accumulation 2, and with 1 rank x accumulation 4: DeepSpeed ZeRO-2 from
+    configs/zero2.json with the no-compile recipe, the same samples per optimizer step."""
+    tmp_path = tmp_path_factory.mktemp("zero2")
     ds_config = json.loads((REPO / "configs" / "zero2.json").read_text())
     ds_config["optimizer"]["params"]["torch_adam"] = True  # avoids JIT-compiling DeepSpeed's fused Adam
     (tmp_path / "zero2.json").write_text(json.dumps(ds_config))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-         str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    runs = {}
+    for ranks, accumulation in ((2, 2), (1, 4)):
+        out = tmp_path / f"{ranks}ranks"
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+             str(29561 + ranks), str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")),
+             str(out), str(accumulation)], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        runs[ranks] = (out, proc.stdout)
+    return runs
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+@pytest.mark.slow
+def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(zero2_runs):
+    out, stdout = zero2_runs[2]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     # 10 samples over 2 ranks = 5 each; batch 1, accum 2 -> 3 optimizer steps per epoch; 2 epochs = 6 steps.
     for r in ranks:
         assert r["deepspeed"] and r["world_size"] == 2 and r["optimizer"] == "DeepSpeedZeroOptimizer"
@@ -179,13 +191,43 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(toke
     total = ranks[0]["parameters"]
     assert ranks[0]["partition"] + ranks[1]["partition"] >= total
     assert all(abs(r["partition"] - total / 2) <= 16 for r in ranks)
-    checkpoint = tmp_path / "out" / "checkpoint-6"
+    checkpoint = out / "out" / "checkpoint-6"
     states = sorted(p.name for p in checkpoint.rglob("*optim_states.pt"))
     assert states == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
-    assert "tokens per optimizer step: up to 128 = 1 seq × 2 accum × 32 max_length × 2 ranks" in proc.stdout
-    rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert "tokens per optimizer step: up to 128 = 1 seq × 2 accum × 32 max_length × 2 ranks" in stdout
+    rows = read_jsonl(out / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert (out / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_zero2_on_two_ranks_trains_like_one_rank_with_the_same_step_batch(zero2_runs, tiny_model_dir):
+    """Token-weighted gradients reduced across ranks equal the one-rank gradients: the parameters after the first
+    step that moves them (step 3: WarmupDecayLR starts at learning rate 0), and after all six, agree within fp32
+    summation-order noise."""
+    from safetensors.torch import load_file
+
+    two, one = zero2_runs[2][0], zero2_runs[1][0]
+    first = [torch.load(run / "step3.pt", weights_only=True) for run in (two, one)]
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox")).state_dict()
+    for name, value in first[1].items():
+        torch.testing.assert_close(first[0][name], value, rtol=0, atol=2e-6, msg=name)
+    assert any(not torch.equal(value, initial[name]) for name, value in first[1].items() if name in initial)
+    final = [load_file(run / "out" / "model.safetensors") for run in (two, one)]
+    for name, value in final[1].items():
+        other = final[0][name]
+        if name.endswith("attention.query_key_value.bias"):
+            # The key bias adds q.b_k to every score of a row, which softmax ignores: its gradient is exactly 0 in
+            # real arithmetic, so what each run computes is rounding noise, which Adam (epsilon 1e-12) turns into
+            # steps of up to the learning rate. It is the one place the two runs may part, by at most the summed
+            # learning rates; queries and values (the rest of the fused tensor) must agree.
+            heads = value.view(4, 3, -1)  # GPT-NeoX packs [q, k, v] per head
+            other = other.view(4, 3, -1)
+            assert (other[:, 1] - heads[:, 1]).abs().max() <= 0.0035 * 1.1
+            value, other = heads[:, ::2], other[:, ::2]
+        torch.testing.assert_close(other, value, rtol=0, atol=1e-5, msg=name)
+    losses = [[r["loss"] for r in read_jsonl(run / "out" / "metrics.jsonl") if "loss" in r] for run in (two, one)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_entry_point_prints_config_errors_without_traceback(capsys):

@@ -1,4 +1,7 @@
-"""One rank of the ZeRO-2 test (`torchrun --nproc_per_node 2 zero2_worker.py MODEL_DIR TMP`).
+"""One rank of the ZeRO-2 tests (`torchrun --nproc_per_node N zero2_worker.py MODEL_DIR OUT ACCUMULATION`).
+
+N ranks x batch 1 x ACCUMULATION is the optimizer step's batch, so 2 ranks x 2 and 1 rank x 4 train on the same
+samples per step (DistributedSampler deals one permutation round-robin) and must end at the same weights.
 
 Test-only: DeepSpeed's shared-memory comm op would be JIT-compiled (~40 s); pure gloo needs no build.
 """
@@ -11,6 +14,7 @@ from pathlib import Path
 importlib.import_module("deepspeed.comm.torch")
 sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
+import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 
 from train_samples import collator, distributed_sampler, qa_samples  # noqa: E402
@@ -20,10 +24,16 @@ from trainer.train import train  # noqa: E402
 
 
 class Record(TrainerCallback):
-    """Writes what each rank holds at the end: its optimizer partition, steps, scheduler steps."""
+    """Writes what each rank holds at the end (its optimizer partition, steps, scheduler steps) and, on rank 0,
+    the full parameters after the third optimizer step (the first that moves them: WarmupDecayLR starts at 0)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, early: Path):
         self.path = path
+        self.early = early
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 3 and state.is_world_process_zero:
+            torch.save({n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}, self.early)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         zero = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
@@ -40,18 +50,20 @@ class Record(TrainerCallback):
         }))
 
 
-def main(model_dir: str, tmp: str) -> None:
-    tmp_path = Path(tmp)
+def main(model_dir: str, out: str, accumulation: str) -> None:
+    out_path = Path(out)
     tokenizer = load_tokenizer(model_dir)
-    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / "out"), deepspeed=True,
-                         deepspeed_config=str(tmp_path / "zero2.json"), learning_rate=1e-3, num_train_epochs=2,
-                         per_device_train_batch_size=1, gradient_accumulation_steps=2, warmup_steps=1,
-                         logging_steps=1, save_steps=6, eval_steps=3, report_to="none", max_length=32)
+    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(out_path / "out"), deepspeed=True,
+                            deepspeed_config=str(out_path.parent / "zero2.json"), learning_rate=1e-3,
+                            num_train_epochs=2, per_device_train_batch_size=1,
+                            gradient_accumulation_steps=int(accumulation), warmup_steps=1, logging_steps=1,
+                            save_steps=6, eval_steps=3, report_to="none", max_length=32)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     samples = qa_samples(tokenizer, 10)
     rank = int(os.environ["RANK"])
     train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
-          distributed_sampler(config.optim.rng_seed), callbacks=[Record(tmp_path / f"rank{rank}.json")])
+          distributed_sampler(config.optim.rng_seed),
+          callbacks=[Record(out_path / f"rank{rank}.json", out_path / "step3.pt")])
 
 
 if __name__ == "__main__":

@@ -96,10 +96,12 @@ def data_command(argv: list[str]) -> int:
 
     from trainer.data.build import build_datasets
     from trainer.data.report import dataset_figures, format_report, write_dump
+    from trainer.formats import FORMATS
     from trainer.tokens import load_tokenizer
 
     datasets.disable_progress_bars()
-    tokenizer = load_tokenizer(config.model.tokenizer)
+    tokenizer = load_tokenizer(config.model.tokenizer,
+                               format_tokens=FORMATS[config.data.prompt_format].required_tokens)
     built = build_datasets(config.data, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(examples)))

@@ -232,7 +232,7 @@ class AdapterConfig:
 @dataclass(frozen=True)
 class DataConfig:
     datasets: tuple[DatasetConfig, ...] = option((), "the datasets: names, or {name: {options}}")
-    prompt_format: str = option("oasst", "how conversations are rendered", choices=tuple(FORMATS))
+    prompt_format: str = option("oasst", "how conversations are rendered", choices=FORMATS)
     plain_user_name: str = option("User", "plain format: the user's speaker name")
     plain_bot_name: str = option("Assistant", "plain format: the assistant's speaker name")
     use_system_prefix: bool = option(False, "put system_prefix before every conversation")

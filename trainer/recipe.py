@@ -30,11 +30,13 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures
+    from trainer.formats import FORMATS
     from trainer.models import load_model
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
-    tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length)
+    tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length,
+                               FORMATS[config.data.prompt_format].required_tokens)
     loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
                         deepspeed=config.optim.deepspeed)
     if int(os.environ.get("RANK", "0")) == 0:

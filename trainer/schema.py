@@ -9,15 +9,15 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from trainer.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: Iterable[str] | None = None) -> Any:
-    """A dataclass field with its help line (and choices) kept beside the default."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
-    return dataclasses.field(default=default, metadata=metadata)
+def option(default: Any, help: str, *, choices: Collection[str] | None = None) -> Any:
+    """A dataclass field with its help line (and choices) kept beside the default. `choices` may be a registry
+    (a dict): it is read when a value is checked, so a member registered later is a valid choice."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 class FieldProblems(ConfigError):

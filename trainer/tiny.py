@@ -11,13 +11,13 @@ from trainer.tokens import PADDING_TOKEN, add_chat_tokens, padded_vocab_size
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
     """A byte-level BPE like GPT-NeoX's: `<|endoftext|>` = 0, `<|padding|>` = 1, then the chat tokens."""
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
                             special_tokens=["<|endoftext|>", PADDING_TOKEN])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(bpe.to_str()), eos_token="<|endoftext|>",
                                         bos_token="<|endoftext|>", unk_token="<|endoftext|>",
                                         pad_token=PADDING_TOKEN)
     add_chat_tokens(tokenizer)

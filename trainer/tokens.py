@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from trainer.errors import ConfigError
 
@@ -12,8 +13,10 @@ PADDING_TOKEN = "<|padding|>"
 IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cross-entropy skips)
 
 
-def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None):
-    """AutoTokenizer plus the chat special tokens and a pad token (`<|padding|>` where the vocab has it)."""
+def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None,
+                   format_tokens: Sequence[str] = ()):
+    """AutoTokenizer plus the chat special tokens, any other special token the prompt format needs
+    (`PromptFormat.required_tokens`), and a pad token (`<|padding|>` where the vocab has it)."""
     from transformers import AutoTokenizer
 
     if not name_or_path:
@@ -22,16 +25,19 @@ def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {str(e).splitlines()[0]}") from None
-    add_chat_tokens(tokenizer)
+    add_chat_tokens(tokenizer, format_tokens)
     if model_max_length:
         tokenizer.model_max_length = model_max_length
     return tokenizer
 
 
-def add_chat_tokens(tokenizer) -> None:
+def add_chat_tokens(tokenizer, format_tokens: Sequence[str] = ()) -> None:
+    """The five chat tokens first, always in the same order (so ids match OASST's vocab of 50,288), then the
+    format's own."""
     if tokenizer.eos_token is None:
         raise ConfigError(f"tokenizer '{tokenizer.name_or_path}' has no eos token, which ends every turn")
-    missing = [t for t in CHAT_SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    wanted = dict.fromkeys((*CHAT_SPECIAL_TOKENS, *format_tokens))
+    missing = [t for t in wanted if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:

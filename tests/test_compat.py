@@ -1,0 +1,116 @@
+"""Each workaround in trainer/compat.py, checked against the upstream behaviour it exists for.
+
+When an upgrade fixes or changes that behaviour, the test here fails and says which workaround to revisit, instead
+of a run misbehaving somewhere else. Every test runs the real library code on tiny real models.
+"""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer
+
+from trainer import compat
+
+
+def test_transformers_still_reloads_full_checkpoints_without_key_renaming(tiny_model_dir):
+    """compat.TrainerSeams._load_from_checkpoint: a plain load_state_dict of a saved GPT-NeoX misses the head."""
+    from safetensors.torch import load_file
+
+    directory = tiny_model_dir("gpt_neox")
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    files = [directory / "model.safetensors"]
+    plain = model.load_state_dict(load_file(files[0]), strict=False)
+    assert "embed_out.weight" in plain.unexpected_keys, "upstream now renames on load: drop the override"
+    assert {"lm_head.weight"} <= set(plain.missing_keys)
+    renamed = compat.renamed_state_dict(model, files)
+    assert model.load_state_dict(renamed, strict=True)  # every tensor lands under today's name
+    source = inspect.getsource(Trainer._load_from_checkpoint)
+    assert "load_state_dict" in source and hasattr(Trainer, "_issue_warnings_after_load")
+
+
+def test_the_trainer_seams_delphi_overrides_still_exist():
+    """compat.TrainerSeams: the private names it sets or calls are still read by the 5.24 Trainer."""
+    params = inspect.signature(Trainer._get_dataloader).parameters
+    assert {"dataset", "description", "batch_size", "sampler_fn", "is_training"} <= set(params)
+    source = inspect.getsource(Trainer)
+    assert "self._loss_shifts_labels" in source and "self.model_accepts_loss_kwargs" in source
+    assert "_train_batch_size" in source
+
+
+def test_a_batch_sampler_shard_with_one_process_passes_every_batch_through():
+    """compat.TrainerSeams.rank_local_dataloader: accelerate's shard wrapper, made a pass-through."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    batches = BatchSampler(SequentialSampler(range(8)), batch_size=2, drop_last=False)
+    shard = BatchSamplerShard(batches, num_processes=2, process_index=1)
+    assert list(shard) == [[2, 3], [6, 7]]  # upstream still shards what it wraps
+    shard.num_processes, shard.process_index = 1, 0
+    assert list(shard) == list(batches)
+
+
+@pytest.mark.parametrize("model_type, expected", [
+    ("gpt_neox", {"sdpa": True, "flash_attention_2": True, "flex_attention": True}),
+    ("mpt", {"sdpa": False, "flash_attention_2": False, "flex_attention": False}),
+])
+def test_attention_support_flags(tiny_model_dir, model_type, expected):
+    """compat.attention_support reads private class flags; MPT stays eager (its ALiBi bias needs it)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(tiny_model_dir(model_type))
+    assert compat.attention_support(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]) == expected
+
+
+def test_transformers_still_skips_falcons_linear_subclass_when_quantizing(tiny_model_dir):
+    """compat.falcon_linears_quantizable: without it a 4-bit Falcon load quantizes nothing."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+    def quantized_layers() -> int:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("falcon"), quantization_config=quant,
+                                                     device_map={"": "cpu"})
+        return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+    assert quantized_layers() == 0, "upstream quantizes FalconLinear now: drop compat.falcon_linears_quantizable"
+    with compat.falcon_linears_quantizable():
+        assert quantized_layers() == 8
+
+
+def test_transformers_mpt_still_ignores_the_configured_residual_dropout(tiny_model_dir):
+    """compat.set_mpt_residual_dropout: MptBlock does not read `resid_pdrop`."""
+    from transformers.models.mpt.modeling_mpt import MptBlock
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("mpt"), resid_pdrop=0.3)
+    blocks = [m for m in model.modules() if isinstance(m, MptBlock)]
+    assert {b.resid_attn_dropout.p for b in blocks} != {0.3}, "upstream reads resid_pdrop now: drop the workaround"
+    compat.set_mpt_residual_dropout(model, 0.3)
+    assert {b.resid_attn_dropout.p for b in blocks} == {0.3}
+
+
+def test_bitsandbytes_4bit_layers_still_carry_the_cpu_repacking_switch(tiny_model_dir):
+    """compat.keep_4bit_weights_trainable sets an attribute bitsandbytes 0.50 reads in Linear4bit.forward."""
+    import bitsandbytes as bnb
+
+    assert "support_avx512bf16_for_cpu" in inspect.getsource(bnb.nn.Linear4bit)
+    layer = bnb.nn.Linear4bit(16, 16, compute_dtype=torch.float32, quant_type="nf4")
+    compat.keep_4bit_weights_trainable(torch.nn.Sequential(layer))
+    assert layer.support_avx512bf16_for_cpu is False
+
+
+def test_huggingface_hub_still_reads_its_timeouts_from_module_constants(monkeypatch):
+    """compat.hub_timeouts sets huggingface_hub.constants, which the download code reads at call time."""
+    import huggingface_hub.file_download as download
+    from huggingface_hub import constants
+
+    source = inspect.getsource(download)
+    assert "constants.HF_HUB_ETAG_TIMEOUT" in source and "constants.HF_HUB_DOWNLOAD_TIMEOUT" in source
+    for name in compat.HUB_TIMEOUT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    before = constants.HF_HUB_ETAG_TIMEOUT
+    with compat.hub_timeouts(3.0):
+        assert constants.HF_HUB_ETAG_TIMEOUT == constants.HF_HUB_DOWNLOAD_TIMEOUT == 3.0
+    assert constants.HF_HUB_ETAG_TIMEOUT == before
