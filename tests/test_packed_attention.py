@@ -6,9 +6,9 @@ What runs where (see the module docstring of trainer/data/collate.py for how eac
   has no CPU backward ("FlexAttention does not support backward on CPU"); its first call compiles with inductor.
 - Falcon: eager and sdpa; flex_attention is refused by transformers (FalconForCausalLM has no flex support).
 - MPT: eager only (sdpa and flex_attention are refused by transformers); isolation is the 4D block mask.
-- flash_attention_2 needs CUDA and flash_attn; it is not run here. What it needs from the batch is checked instead:
-  GPT-NeoX hands the collator's `cu_seq_lens_q/k` and `max_length_q/k` to its attention function untouched (a
-  reference varlen attention registered under its own name gets them, and no mask is built for it).
+- flash_attention_2 needs CUDA and flash_attn; it is not run here. Delphi's own `delphi_varlen`
+  (trainer/varlen_attention.py) is: GPT-NeoX hands it the collator's `cu_seq_lens_q/k` and `max_length_q/k`
+  untouched and builds no mask for it; on the CPU it runs SDPA per sample, on CUDA torch's flash varlen kernel.
 Both layouts are checked: rows of max_length (for eager/sdpa) and the whole batch in one row (for varlen kernels).
 """
 from __future__ import annotations
@@ -106,29 +106,25 @@ def test_implementations_the_model_class_lacks_are_refused(tiny_model_dir, arch,
         AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), attn_implementation=attention)
 
 
-def _varlen_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, cu_seq_lens_q,
-                 cu_seq_lens_k, max_length_q, max_length_k, **kwargs):
-    """A reference varlen attention (SDPA per sequence of the flattened rows), fed only by the collator's
-    flash-attention kwargs, to show GPT-NeoX passes them through to its attention function untouched."""
-    assert attention_mask is None and isinstance(max_length_q, int)  # no mask built, nothing read from the device
-    batch, heads, width, dim = query.shape
-    q, k, v = (t.transpose(1, 2).reshape(batch * width, heads, dim) for t in (query, key, value))
-    bounds = cu_seq_lens_q.tolist()
-    out = torch.cat([F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
-                                                    v[a:b].transpose(0, 1), is_causal=True, scale=scaling)
-                     .transpose(0, 1) for a, b in zip(bounds, bounds[1:])])
-    return out.reshape(batch, width, heads, dim), None
-
-
 @pytest.mark.parametrize("one_row", [False, True], ids=["rows", "one-row"])
-def test_gpt_neox_hands_the_collators_varlen_kwargs_to_its_attention(tiny_model_dir, samples, one_row):
-    from transformers import AttentionInterface
+def test_gpt_neox_varlen_attention_from_the_collators_kwargs(tiny_model_dir, samples, one_row):
+    from transformers.masking_utils import create_causal_mask
 
-    AttentionInterface.register("delphi_test_varlen", _varlen_sdpa)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"), attn_implementation="delphi_test_varlen")
+    from trainer.varlen_attention import register_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"),
+                                                 attn_implementation=register_varlen_attention()).train()
     batch = _collator(model, samples, one_row)(samples)
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    assert create_causal_mask(model.config, embeds, None, None, batch["position_ids"]) is None  # nothing built
     packed = _packed_losses(model, batch, samples)
+    sum(l.sum() for l in packed.values()).backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
     model.set_attn_implementation("sdpa")
     separate = _separate_losses(model, samples)
+    sum(l.sum() for l in separate.values()).backward()
     for i in separate:
         torch.testing.assert_close(packed[i], separate[i], atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
