@@ -128,7 +128,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         longest = int(self.draws.lengths.max(initial=0))
         if max_tokens < longest:
             raise ConfigError(f"sampler: max_tokens {max_tokens} is less than the longest sample ({longest} tokens); "
-                              f"a token budget must hold at least one max_length sample")
+                              f"a budget must hold any one sample")
         if not 0 <= rank < world_size:
             raise ConfigError(f"sampler: rank {rank} is outside world_size {world_size}")
         self.max_tokens = max_tokens
