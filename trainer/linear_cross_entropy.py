@@ -26,14 +26,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     autocast included: the matmuls run in the autocast dtype, the softmax in fp32. Every row is a trained token
     (no ignore index). hidden [N, H], weight [V, H], targets [N]; N may be 0.
     """
+    if hidden.is_cuda and len(hidden) and liger_fused_linear_cross_entropy is not None:
+        # Liger follows autocast itself (bf16 matmuls, fp32 gradient accumulators for fp32 weights). It reads the
+        # target count back with .item() in its forward and compares grad_output with 1 in its backward: two
+        # host syncs per call, which the chunked path below does not have.
+        return liger_fused_linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="sum").float()
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
-        if hidden.is_cuda and len(hidden) and liger_fused_linear_cross_entropy is not None:
-            # Note: Liger reads the target count with .item() in its forward (one host sync per call).
-            cast = None if bias is None else bias.to(dtype)
-            return liger_fused_linear_cross_entropy(hidden.to(dtype), weight.to(dtype), targets, bias=cast,
-                                                    reduction="sum").float()
         return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk_size,
                                                 torch.is_grad_enabled())
 
