@@ -18,7 +18,8 @@ Arms, each in its own process, under a timeout:
 - delphi-next: issue 9's components wired by hand: `TokenBudgetBatchSampler` (budget `--batch` x max_length
   tokens), one packed row per micro-batch with varlen kwargs, `delphi_varlen` attention (torch's flash varlen),
   the chunked linear cross-entropy, no per-micro-batch host syncs (`logging_nan_inf_filter` off), pinned memory
-  and non-blocking copies;
+  and non-blocking copies; `--compile` adds torch.compile on rows padded to the whole budget (untried on a GPU;
+  on this CPU it recompiles every step: the trained-token count and the CPU attention's per-sample loop vary);
 - trainer-grouped: `Trainer` + `DataCollatorForSeq2Seq` + `train_sampling_strategy="group_by_length"`;
 - trl-padding-free: `SFTTrainer(padding_free=True)`, completion-only loss on the same trained tokens.
 
@@ -201,7 +202,7 @@ def run_arm(args) -> None:
     if args.arm == "delphi":
         delphi_today(config, tokenizer, samples, meter)
     elif args.arm == "delphi-next":
-        delphi_next(config, tokenizer, samples, meter)
+        delphi_next(config, tokenizer, samples, meter, args.compile)
     else:
         baseline(args.arm, config, tokenizer, samples, meter)
     sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
@@ -244,7 +245,7 @@ def next_attention() -> str:
     return "flex_attention"
 
 
-def delphi_next(config, tokenizer, samples, meter) -> None:
+def delphi_next(config, tokenizer, samples, meter, compile_model: bool) -> None:
     """Issue 9's components wired by hand around DelphiTrainer (what the recipe will do once integrated)."""
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
@@ -278,8 +279,10 @@ def delphi_next(config, tokenizer, samples, meter) -> None:
     base.set_attn_implementation(meter.record["attention"])
     isolation = packing_isolation(base.config)
     budget = config.per_device_train_batch_size * config.max_length
-    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=64, packing=True,
-                            isolation=isolation, row_length=budget, flash_kwargs=isolation == "position_ids")
+    # Compiled, every row is the whole budget wide: one shape, one graph (else a recompile per new width).
+    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=budget if compile_model
+                            else 64, packing=True, isolation=isolation, row_length=budget,
+                            flash_kwargs=isolation == "position_ids")
     lengths = [samples["length"]]
     factory = lambda _data, world_size, rank: TokenBudgetBatchSampler(  # noqa: E731
         lengths, [len(samples)], max_tokens=budget, seed=config.rng_seed, rank=rank, world_size=world_size,
@@ -287,6 +290,7 @@ def delphi_next(config, tokenizer, samples, meter) -> None:
     args = training_arguments(config, has_eval=False, optim=loaded.optimizer)
     args.logging_nan_inf_filter = False  # its isnan/isinf check reads the loss back every micro-batch
     args.accelerator_config.non_blocking = torch.cuda.is_available()  # with pinned batches: async copies
+    args.torch_compile, args.torch_compile_backend = compile_model, "inductor" if compile_model else None
     trainer = NextTrainer(model=loaded.model, args=args, processing_class=tokenizer,
                           data_collator=meter.wrap(collator), train_dataset=ConcatDataset([samples]),
                           sampler_factory=factory, callbacks=[meter.callback()])
@@ -358,6 +362,7 @@ def main() -> None:
                                                              "tokens")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of the timing")
+    parser.add_argument("--compile", action="store_true", help="delphi-next: torch.compile the model")
     parser.add_argument("--work", default=str(REPO / ".cache" / "bench-gpu"))
     parser.add_argument("--out", help="where results.json and report.md go (default: --work)")
     parser.add_argument("--deadline", type=float, default=430, help="seconds since start by which arms must end")
@@ -408,7 +413,8 @@ def run_child(args, shape: str, mode: str, arm: str, started: float) -> dict:
     result.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--arm", arm, "--mode", mode, "--shape", shape, "--result", str(result),
                *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("tokenizer", "oasst", "samples", "batch",
-                                                                          "max_length", "warmup", "work"))]
+                                                                          "max_length", "warmup", "work")),
+               *(["--compile"] if args.compile else [])]
     begin = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=child_env(arm),
