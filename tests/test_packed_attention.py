@@ -68,6 +68,23 @@ def _separate_losses(model, samples) -> dict[int, torch.Tensor]:
             for i, s in enumerate(samples)}
 
 
+def _assert_packed_equals_separate(model, batch, samples, separate_attention: str) -> None:
+    """The packed batch's per-token losses, and the gradients of their sum, equal those of the samples run one by
+    one (under `separate_attention`)."""
+    packed = _packed_losses(model, batch, samples)
+    assert sorted(packed) == list(range(len(samples)))
+    sum(l.sum() for l in packed.values()).backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_attn_implementation(separate_attention)
+    separate = _separate_losses(model, samples)
+    sum(l.sum() for l in separate.values()).backward()
+    for i in separate:
+        torch.testing.assert_close(packed[i], separate[i], atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("one_row", [False, True], ids=["rows", "one-row"])
 @pytest.mark.parametrize("arch, attention", ON_CPU)
 def test_packed_loss_and_gradients_equal_the_separate_samples(tiny_model_dir, samples, arch, attention, one_row):
@@ -75,19 +92,7 @@ def test_packed_loss_and_gradients_equal_the_separate_samples(tiny_model_dir, sa
     assert model.config._attn_implementation == attention
     batch = _collator(model, samples, one_row)(samples)
     assert (batch["input_ids"].shape[0] == 1) == one_row
-
-    packed = _packed_losses(model, batch, samples)
-    assert sorted(packed) == list(range(len(samples)))
-    sum(l.sum() for l in packed.values()).backward()
-    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    separate = _separate_losses(model, samples)
-    sum(l.sum() for l in separate.values()).backward()
-
-    for i in separate:
-        torch.testing.assert_close(packed[i], separate[i], atol=1e-5, rtol=1e-5)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    _assert_packed_equals_separate(model, batch, samples, attention)
 
 
 @pytest.mark.parametrize("one_row", [False, True], ids=["rows", "one-row"])
@@ -117,14 +122,4 @@ def test_gpt_neox_varlen_attention_from_the_collators_kwargs(tiny_model_dir, sam
     batch = _collator(model, samples, one_row)(samples)
     embeds = model.get_input_embeddings()(batch["input_ids"])
     assert create_causal_mask(model.config, embeds, None, None, batch["position_ids"]) is None  # nothing built
-    packed = _packed_losses(model, batch, samples)
-    sum(l.sum() for l in packed.values()).backward()
-    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_attn_implementation("sdpa")
-    separate = _separate_losses(model, samples)
-    sum(l.sum() for l in separate.values()).backward()
-    for i in separate:
-        torch.testing.assert_close(packed[i], separate[i], atol=1e-5, rtol=1e-5)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    _assert_packed_equals_separate(model, batch, samples, "sdpa")  # lone samples carry no cu_seq_lens
