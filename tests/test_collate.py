@@ -49,7 +49,8 @@ def test_docstring_examples_hold():
 def test_padding_to_the_longest_with_masked_labels(samples, tokenizer):
     batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=512)(samples[:3])
     lengths = [len(s["input_ids"]) for s in samples[:3]]
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "num_real_tokens"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "num_real_tokens", "num_trained_tokens",
+                          "trained_index", "trained_targets"}
     assert batch["input_ids"].shape == batch["labels"].shape == (3, max(lengths))
     assert batch["input_ids"].dtype == torch.long
     for row, (sample, length) in enumerate(zip(samples, lengths)):
@@ -226,3 +227,53 @@ def test_packing_is_refused_for_unverified_architectures():
         with pytest.raises(ConfigError, match=f"packing: true is not supported for model type '{config.model_type}'"
                                               r".*set packing: false"):
             packing_isolation(config)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_trained_index_and_targets_are_the_boolean_mask_selection(samples, tokenizer, row_length, packing):
+    from trainer.loss import trained_positions
+
+    batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=packing,
+                         pad_to_multiple_of=8)(samples)
+    labels = batch["labels"]
+    keep = trained_positions(labels)
+    assert batch["trained_index"].dtype == batch["trained_targets"].dtype == torch.long
+    assert torch.equal(batch["trained_index"], keep.flatten().nonzero().squeeze(1))
+    assert torch.equal(batch["trained_targets"], labels[:, 1:][labels[:, 1:] != IGNORE_INDEX])
+    # The samples' first labels are prompt (-100), so packing masks no trained label.
+    assert batch["num_trained_tokens"] == int(keep.sum()) == sum(
+        int((torch.as_tensor(s["labels"][1:]) != IGNORE_INDEX).sum()) for s in samples)
+
+
+def test_row_length_puts_a_budget_of_samples_in_one_row(samples, tokenizer, row_length):
+    total = sum(len(s["input_ids"]) for s in samples)
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=True,
+                            row_length=total, pad_to_multiple_of=8)
+    batch = collator(samples)
+    assert batch["input_ids"].shape == (1, -(-total // 8) * 8)
+    assert len(_segments(batch)) == len(samples) + (total % 8 != 0)  # every sample, then the padding tail
+    split = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=True,
+                         row_length=total - 1)(samples)
+    assert split["input_ids"].shape[0] == 2
+
+
+def test_flash_kwargs_mark_every_sample_and_the_padding_tail(samples, tokenizer, row_length):
+    batch = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=row_length, packing=True,
+                         pad_to_multiple_of=8, flash_kwargs=True)(samples)
+    rows, width = batch["input_ids"].shape
+    starts = [row * width + start for row, start, _ in _segments(batch)]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32 and batch["cu_seq_lens_q"] is batch["cu_seq_lens_k"]
+    assert batch["cu_seq_lens_q"].tolist() == starts + [rows * width]
+    longest = max(end - start for _, start, end in _segments(batch))
+    assert batch["max_length_q"] == batch["max_length_k"] == longest and isinstance(longest, int)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(row_length=64), "row_length 64 needs packing"),
+    (dict(packing=True, row_length=16), "row_length 16 needs packing and at least max_length 32"),
+    (dict(flash_kwargs=True), "flash_kwargs needs packing with position_ids isolation"),
+    (dict(packing=True, isolation="block_mask", flash_kwargs=True), "flash_kwargs needs packing with position_ids"),
+])
+def test_layout_options_that_cannot_work_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        DataCollator(pad_token_id=1, max_length=32, **options)

@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from trainer.config import DatasetConfig
 from trainer.data.collate import DataCollator
-from trainer.data.sampler import PerDatasetSampler, draw_count, draw_counts
+from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler, draw_count, draw_counts
 from trainer.errors import ConfigError
 
 WORDS = "the model reads a short answer and then writes a longer one about plants rivers and stars".split()
@@ -156,3 +156,72 @@ def test_sort_by_length_still_reshuffles_each_epoch(lengths):
 def test_bad_arguments_are_clear_errors(lengths, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PerDatasetSampler(lengths, seed=0, **kwargs)
+
+
+def _flat(lengths) -> list[int]:
+    return [n for d in lengths for n in d]
+
+
+@pytest.fixture(scope="module")
+def budget(lengths) -> int:
+    """Room for four of the longest samples."""
+    return 4 * max(_flat(lengths))
+
+
+@pytest.mark.parametrize("resample, counts", [(True, [30, 20]), (False, [40, 25])])
+def test_token_budget_batches_hold_each_drawn_sample_once_within_the_budget(lengths, budget, resample, counts):
+    flat = _flat(lengths)
+    sampler = TokenBudgetBatchSampler(lengths, counts, max_tokens=budget, seed=2, resample=resample)
+    draws = PerDatasetSampler(lengths, counts, seed=2, resample=resample)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        draws.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == len(sampler.epoch_batches())
+        assert all(sum(flat[i] for i in b) <= budget for b in batches)
+        assert sorted(i for b in batches for i in b) == sorted(draws)
+        # Greedy over lengths in order: batches do not interleave in length, and none could take the next sample.
+        by_length = sorted(batches, key=lambda b: (min(flat[i] for i in b), max(flat[i] for i in b)))
+        for batch, following in zip(by_length, by_length[1:]):
+            assert max(flat[i] for i in batch) <= min(flat[i] for i in following)
+            assert sum(flat[i] for i in batch) + min(flat[i] for i in following) > budget
+        assert sum(flat[i] for b in batches for i in b) / (len(batches) * budget) > 0.8  # the budget is used
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_token_budget_ranks_take_equal_counts_the_first_batches_repeating(lengths, budget, world_size):
+    single = TokenBudgetBatchSampler(lengths, [40, 25], max_tokens=budget, seed=7)
+    everything = single.epoch_batches()
+    per_rank = [list(TokenBudgetBatchSampler(lengths, [40, 25], max_tokens=budget, seed=7, rank=r,
+                                             world_size=world_size)) for r in range(world_size)]
+    assert len({len(b) for b in per_rank}) == 1
+    dealt = [per_rank[i % world_size][i // world_size] for i in range(world_size * len(per_rank[0]))]
+    assert dealt == everything + everything[:len(dealt) - len(everything)]
+
+
+def test_token_budget_order_is_deterministic_and_reshuffled_each_epoch(lengths, budget):
+    def epoch(seed: int, number: int) -> list[list[int]]:
+        sampler = TokenBudgetBatchSampler(lengths, [40, 25], max_tokens=budget, seed=seed, resample=False)
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    assert epoch(1, 0) == epoch(1, 0)
+    assert epoch(1, 0) != epoch(1, 1) and epoch(1, 0) != epoch(2, 0)
+    assert sorted(map(sorted, epoch(1, 0))) != sorted(map(sorted, epoch(1, 1)))  # ties broken anew
+
+
+def test_token_budget_batches_collate_into_one_row(datasets, lengths, tokenizer, budget):
+    flat = _flat(lengths)
+    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, max_length=max(flat), packing=True,
+                            row_length=budget)
+    loader = DataLoader(ConcatDataset(datasets), batch_sampler=TokenBudgetBatchSampler(
+        lengths, [40, 25], max_tokens=budget, seed=0), collate_fn=collator)
+    batches = list(loader)
+    assert all(b["input_ids"].shape[0] == 1 and b["input_ids"].shape[1] <= budget for b in batches)
+    assert sum(b["num_real_tokens"] for b in batches) == sum(flat)
+
+
+def test_token_budget_below_the_longest_sample_is_refused(lengths):
+    with pytest.raises(ConfigError, match=f"max_tokens 10 is less than the longest sample \\({max(_flat(lengths))} "
+                                          "tokens\\)"):
+        TokenBudgetBatchSampler(lengths, [40, 25], max_tokens=10, seed=0)

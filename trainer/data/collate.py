@@ -23,6 +23,7 @@ import torch
 
 from trainer.architectures import ARCHITECTURES, Isolation
 from trainer.errors import ConfigError, DataError
+from trainer.loss import trained_positions
 from trainer.tokens import IGNORE_INDEX
 
 
@@ -51,8 +52,9 @@ class DataCollator:
     >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
     ([[7, 8, 9, 1]], [[1, 1, 1, 0]], [[-100, 8, 9, -100]])
 
-    With `packing`, samples are placed first-fit (longest first) into rows of at most `max_length` tokens, and
-    `isolation` (from `packing_isolation(model.config)`) says how the model is told where each one starts.
+    With `packing`, samples are placed first-fit (longest first) into rows of at most `max_length` tokens (or
+    `row_length`, below), and `isolation` (from `packing_isolation(model.config)`) says how the model is told where
+    each one starts.
     Every packed sample's first label becomes -100: the loss shifts labels by one, so it would otherwise train
     the previous sample's last token to predict this sample's first.
 
@@ -65,6 +67,24 @@ class DataCollator:
     [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     >>> batch["labels"].tolist()
     [[-100, 8, 9, -100, 6], [-100, 3, -100, -100, -100]]
+
+    Every batch also carries, computed here on the CPU so that the training step never has to read a count or a
+    boolean mask back from the GPU: `num_real_tokens` and `num_trained_tokens` (Python ints), `trained_index`
+    (flat positions t of the rows x width batch whose next label is trained) and `trained_targets` (those labels).
+
+    >>> batch["num_trained_tokens"], batch["trained_index"].tolist(), batch["trained_targets"].tolist()
+    (4, [0, 1, 3, 5], [8, 9, 6, 3])
+
+    `row_length` (default `max_length`) is the width rows are packed to: a token budget puts a whole budget batch
+    in one row for a varlen attention kernel. `flash_kwargs` adds flash-attention's varlen arguments, one sequence
+    per sample (and per padding tail) over the flattened rows, so the kernel needs nothing read back from the GPU.
+
+    >>> flat = DataCollator(pad_token_id=1, max_length=5, packing=True, row_length=12, flash_kwargs=True)
+    >>> batch = flat([{"input_ids": [7, 8, 9], "labels": [7, 8, 9]}, {"input_ids": [5, 6], "labels": [5, 6]}])
+    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist()
+    ([[7, 8, 9, 5, 6]], [[0, 1, 2, 0, 1]])
+    >>> batch["cu_seq_lens_q"].tolist(), batch["max_length_q"]
+    ([0, 3, 5], 3)
     """
 
     pad_token_id: int
@@ -72,6 +92,16 @@ class DataCollator:
     pad_to_multiple_of: int | None = None
     packing: bool = False
     isolation: Isolation = "position_ids"
+    row_length: int | None = None
+    flash_kwargs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.row_length is not None and (not self.packing or self.row_length < self.max_length):
+            raise ConfigError(f"collator: row_length {self.row_length} needs packing and at least max_length "
+                              f"{self.max_length} (a sample must fit a row)")
+        if self.flash_kwargs and not (self.packing and self.isolation == "position_ids"):
+            raise ConfigError("collator: flash_kwargs needs packing with position_ids isolation (flash-attention "
+                              "varlen cannot take the block-diagonal mask MPT's ALiBi needs)")
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         pairs = [_ids_and_labels(sample, i) for i, sample in enumerate(samples)]
@@ -81,6 +111,9 @@ class DataCollator:
         batch = self._packed(pairs, rows, width) if self.packing else self._padded(pairs, width)
         # For throughput accounting: a packed batch has no 2D mask to count its padding from.
         batch["num_real_tokens"] = sum(lengths)
+        batch.update(_trained(batch["labels"]))
+        if self.flash_kwargs:
+            batch.update(_varlen_kwargs(rows, lengths, width))
         return batch
 
     def padded_size(self, lengths: Sequence[int]) -> int:
@@ -89,7 +122,7 @@ class DataCollator:
         return len(rows) * self._width(rows, lengths)
 
     def _rows(self, lengths: list[int]) -> list[list[int]]:
-        """Sample indices per row: one each, or first-fit decreasing into rows of `max_length`."""
+        """Sample indices per row: one each, or first-fit decreasing into rows of `row_length` (or `max_length`)."""
         for i, length in enumerate(lengths):
             if length > self.max_length:
                 raise DataError(f"sample {i} of the batch has {length} tokens, more than max_length "
@@ -102,7 +135,7 @@ class DataCollator:
             row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
             if row is None:
                 rows.append([])
-                room.append(self.max_length)
+                room.append(self.row_length or self.max_length)
                 row = len(rows) - 1
             rows[row].append(i)
             room[row] -= lengths[i]
@@ -150,6 +183,26 @@ class DataCollator:
         else:
             batch["attention_mask"] = _block_diagonal_mask(segments)
         return batch
+
+
+def _trained(labels: torch.Tensor) -> dict[str, Any]:
+    """Flat positions whose next token is trained, and those tokens: the loss gathers with them instead of a
+    boolean mask, whose result size the host would have to read back from the GPU."""
+    index = trained_positions(labels).flatten().nonzero().squeeze(1)
+    return {"num_trained_tokens": len(index), "trained_index": index, "trained_targets": labels.flatten()[index + 1]}
+
+
+def _varlen_kwargs(rows: list[list[int]], lengths: Sequence[int], width: int) -> dict[str, Any]:
+    """cu_seq_lens / max_length for flash-attention varlen over the flattened rows: each sample is a sequence, and
+    so is a row's padding tail (it attends only to itself, as the position ids already say)."""
+    sizes: list[int] = []
+    for members in rows:
+        sizes += [lengths[i] for i in members]
+        tail = width - sum(lengths[i] for i in members)
+        sizes += [tail] if tail else []
+    cu = torch.tensor(np.cumsum([0, *sizes]), dtype=torch.int32)
+    longest = max(sizes)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
 def _block_diagonal_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@ and only reshuffled each epoch. The union is shuffled, or with `sort_by_length` 
 similar length, and dealt to the ranks like `DistributedSampler`: rank r takes every world_size-th index.
 When the total does not divide evenly, the first indices are repeated to fill the last round, so every rank
 gets the same count (unequal counts would hang a distributed step) and no drawn sample is dropped.
+
+`TokenBudgetBatchSampler` yields whole micro-batches instead: the same draw cut into batches of at most a
+number of tokens (padding-free layouts), dealt to the ranks the same way.
 """
 from __future__ import annotations
 
@@ -105,3 +108,57 @@ class PerDatasetSampler(Sampler[int]):
         full = len(order) // step * step
         batches = order[:full].reshape(-1, step)[rng.permutation(full // step)]
         return np.concatenate([batches.reshape(-1), order[full:]])
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Per-rank micro-batches of whole samples whose lengths sum to at most `max_tokens`; call `set_epoch` before
+    each epoch (and before `len`, which counts the current epoch's batches: with `resample` the draw, hence the
+    count, can change from one epoch to the next).
+
+    The epoch's samples are `PerDatasetSampler`'s draw. They are sorted by length (ties in random order) and cut
+    greedily: a batch takes the next samples while they fit. Each batch therefore holds samples of similar length
+    and close to `max_tokens` tokens, so every step does about the same work and a one-row layout pads almost
+    nothing. The batch order is shuffled with `seed + epoch`, then batches are dealt to the ranks in turn; when
+    they do not divide evenly the first ones are repeated, so every rank takes the same number of steps.
+    """
+
+    def __init__(self, lengths: Sequence[Sequence[int]], counts: Sequence[int], *, max_tokens: int, seed: int,
+                 rank: int = 0, world_size: int = 1, resample: bool = True) -> None:
+        self.draws = PerDatasetSampler(lengths, counts, seed=seed, resample=resample)  # all ranks' samples
+        longest = int(self.draws.lengths.max(initial=0))
+        if max_tokens < longest:
+            raise ConfigError(f"sampler: max_tokens {max_tokens} is less than the longest sample ({longest} tokens); "
+                              f"a budget must hold any one sample")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"sampler: rank {rank} is outside world_size {world_size}")
+        self.max_tokens = max_tokens
+        self.rank = rank
+        self.world_size = world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.draws.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.epoch_batches()) / self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches()
+        rounds = math.ceil(len(batches) / self.world_size)
+        filled = [batches[i % len(batches)] for i in range(rounds * self.world_size)]
+        return iter(filled[self.rank::self.world_size])
+
+    def epoch_batches(self) -> list[list[int]]:
+        """All ranks' batches for this epoch, in training order, before the fill."""
+        order = self.draws.epoch_order()  # a random permutation of the draw: the stable sort keeps ties random
+        order = order[np.argsort(self.draws.lengths[order], kind="stable")]
+        batches: list[list[int]] = []
+        room = 0
+        for index, length in zip(order.tolist(), self.draws.lengths[order].tolist()):
+            if length > room:
+                batches.append([])
+                room = self.max_tokens
+            batches[-1].append(index)
+            room -= length
+        # A stream of seed + epoch of its own, independent of the one that drew and permuted the samples.
+        rng = np.random.default_rng([self.draws.seed + self.draws.epoch, 1])
+        return [batches[i] for i in rng.permutation(len(batches))]

@@ -1,0 +1,466 @@
+"""GPU training throughput (issue 9): Delphi beside the length-grouped HF Trainer and TRL's padding-free SFTTrainer,
+on Pythia-410M and 1.4B shapes, full / LoRA / QLoRA, bf16, max_length 2048, in one device call.
+
+    python benchmarks/gpu_throughput.py --tokenizer 20B_tokenizer.json --oasst en_100_tree.jsonl [--tiny]
+        [--shapes 1.4b 410m] [--modes full lora qlora] [--arms ...] [--work DIR] [--out DIR] [--deadline 430]
+
+Model: GPT-NeoX with Pythia's shape (410M: hidden 1024, 1.4B: hidden 2048; 24 layers, 16 heads, rotary_pct 0.25,
+untied head), random weights, the GPT-NeoX-20B tokenizer + the chat tokens (50,288 rows); `--tiny` is hidden 64 x
+2 layers, for trying the script on a CPU. Data: the OASST threads of `--oasst` through Delphi's builder (oasst
+format, max_length 2048); every arm trains the same `--samples` threads (a fixed pick, repeated when there are
+fewer), one epoch, accumulation 1, the same optimizer (Delphi's choice: fused AdamW, paged AdamW for QLoRA on CUDA),
+learning rate and schedule, no activation checkpointing. Full: fp32 master weights + bf16 autocast; LoRA: bf16
+base; QLoRA: NF4 base, bf16 compute; LoRA r16 / alpha 32 on all linear layers (Delphi's `lora_config` for all).
+
+Arms, each in its own process, under a timeout:
+- delphi: `trainer.train.train` as scripts/trainer_sft.py wires it today (sort_by_length + packing, batch
+  `--batch`; flash-attention 2 where installed, else sdpa);
+- delphi-next: issue 9's components wired by hand: `TokenBudgetBatchSampler` (budget `--batch` x max_length
+  tokens), one packed row per micro-batch with varlen kwargs, `delphi_varlen` attention (torch's flash varlen),
+  the chunked linear cross-entropy, no per-micro-batch host syncs (`logging_nan_inf_filter` off), pinned memory
+  and non-blocking copies; `--compile` adds torch.compile on rows padded to the whole budget (untried on a GPU;
+  on this CPU it recompiles every step: the trained-token count and the CPU attention's per-sample loop vary);
+- trainer-grouped: `Trainer` + `DataCollatorForSeq2Seq` + `train_sampling_strategy="group_by_length"`;
+- trl-padding-free: `SFTTrainer(padding_free=True)`, completion-only loss on the same trained tokens.
+
+Measured the same way for all: tokens are counted on the CPU side of each arm's collator (no device sync), time
+runs from the end of optimizer step `--warmup` to the end of the last step, with a device synchronize at both
+ends; the process then exits before any save. Trained tokens/s (labels != -100 after the shift); MFU = 6·N·tok/s
+(full) or 4·N·tok/s (LoRA, QLoRA: no weight gradients) over 989 TFLOP/s for an H100/H200 (bf16 dense; any other
+device: MFU 0), N = non-embedding parameters + head (attention score FLOPs not counted); padding = 1 - real /
+processed positions; peak = torch.cuda.max_memory_allocated (CPU: peak RSS).
+
+One device call (prepare once here, from the repository root; `.whl` + `.bench` are ~64 MB of the 64 MiB a call
+may carry: transformers 5.24.0 13.5 MB, bitsandbytes 0.50.2 43.1 MB, trl 1.16.0 0.95 MB, peft 0.21.2 0.84 MB,
+regex 2026.11.19 0.81 MB, datasets 5.2.0 0.61 MB, multiprocess 0.70.19 0.15 MB, dill 0.4.1 0.12 MB, the tokenizer
+2.5 MB, the OASST trees 1.0 MB; leave bitsandbytes out and pass `--modes full lora` when QLoRA is not wanted):
+
+    printf '/.whl/\\n/.bench/\\n' >> "$(git rev-parse --git-path info/exclude)"; mkdir -p .bench
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \\
+      transformers==5.24.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 regex==2026.11.19 \\
+      trl==1.16.0 bitsandbytes==0.50.2
+    cp ../shared/data/tokenizers/gpt-neox-20b/20B_tokenizer.json ../shared/data/oasst/en_100_tree.jsonl .bench/
+
+then `run` with carry [".whl", ".bench"], timeout_s 480, and the command:
+
+    set -o pipefail; export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    WANDB_MODE=disabled TORCHINDUCTOR_CACHE_DIR=/tmp/inductor; python3 -m pip install -q --no-index --no-deps
+    --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit;
+    timeout 465 python3 benchmarks/gpu_throughput.py --tokenizer .bench/20B_tokenizer.json
+    --oasst .bench/en_100_tree.jsonl --work /tmp/bench --out $OUT --deadline 430 2>&1 | tee $OUT/log.txt
+
+(one line). Arms are run shape by shape, mode by mode; one that would start with under `--min-arm` seconds left
+before `--deadline` (seconds since start) is skipped and shown as such, so the table always prints. $OUT receives
+log.txt, results.json and report.md. On this CPU: `--tiny --max-length 512 --batch 4 --samples 64`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+ARMS = ("delphi", "delphi-next", "trainer-grouped", "trl-padding-free")
+MODES = ("full", "lora", "qlora")
+SHAPES = {"tiny": dict(hidden=64, layers=2, heads=4), "410m": dict(hidden=1024, layers=24, heads=16),
+          "1.4b": dict(hidden=2048, layers=24, heads=16)}
+HYPER = dict(learning_rate=1e-5, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-12, weight_decay=0.0,
+             warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=2.0, num_train_epochs=1)
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16, vendor datasheet
+SEED = 1234
+
+
+def model_dir(args, shape: str) -> Path:
+    """The random-weight model with the tokenizer (+ chat tokens), saved once per shape (bf16 on a GPU)."""
+    path = Path(args.work) / f"pythia-{shape}-shape"
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from trainer.tiny import model_config
+    from trainer.tokens import add_chat_tokens, padded_vocab_size
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=args.tokenizer, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    add_chat_tokens(tokenizer)
+    torch.manual_seed(0)
+    config = model_config("gpt_neox", padded_vocab_size(tokenizer), **SHAPES[shape], max_positions=2048)
+    cuda = torch.cuda.is_available()
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()  # the arms run in other processes: leave them the memory
+    return path
+
+
+def matmul_params(path: Path) -> int:
+    """N of the MFU formula: every parameter but the input embedding (the head is a matmul, the lookup is not)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+def delphi_config(args, path: Path, mode: str, output_dir: Path):
+    import torch
+
+    from trainer.config import DatasetConfig, TrainConfig
+
+    oasst = DatasetConfig("oasst_export", input_file_path=str(Path(args.oasst).resolve()), val_split=0.05)
+    return TrainConfig(model_name=str(path), dtype="bf16" if torch.cuda.is_available() else "fp32",
+                       residual_dropout=0.0, mode=mode, datasets=(oasst,), max_length=args.max_length,
+                       cache_dir=str(Path(args.work) / "data"), per_device_train_batch_size=args.batch,
+                       gradient_accumulation_steps=1, sort_by_length=True, packing=True, use_flash_attention=True,
+                       output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6, logging_steps=10**6,
+                       report_to="none", log_wandb=False, rng_seed=SEED, **HYPER)
+
+
+class Meter:
+    """Counts each micro-batch's tokens on the CPU as the collator makes it, and times the optimizer steps after
+    the warm-up; at the last step it writes the result and ends the process (no save is timed or waited for)."""
+
+    def __init__(self, pad_token_id: int, warmup: int, result_path: Path, record: dict):
+        self.pad_token_id, self.warmup, self.result_path, self.record = pad_token_id, warmup, result_path, record
+        self.batches: list[tuple[int, int, int]] = []  # (trained, real, processed), in collation order
+        self.started = 0.0
+
+    def wrap(self, collate):
+        def counted(samples):
+            batch = collate(samples)
+            labels = batch["labels"]
+            self.batches.append((int((labels[..., 1:] != -100).sum()), int((batch["input_ids"] != self.pad_token_id)
+                                 .sum()), labels.numel()))
+            return batch
+        return counted
+
+    def callback(self):
+        import torch
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class StepEnd(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step not in (meter.warmup, state.max_steps):
+                    return
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                if state.global_step == meter.warmup:
+                    meter.started = time.perf_counter()
+                else:
+                    meter.finish(state.max_steps, time.perf_counter() - meter.started)
+
+        return StepEnd()
+
+    def finish(self, steps: int, seconds: float) -> None:
+        import torch
+
+        trained, real, processed = (sum(b[i] for b in self.batches[self.warmup:steps]) for i in range(3))
+        peak = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        self.record.update(steps=steps, timed_steps=steps - self.warmup, seconds=seconds, trained_tokens=trained,
+                           tokens_per_s=trained / seconds, padding=1 - real / processed, peak_gib=peak)
+        self.result_path.write_text(json.dumps(self.record))
+        os._exit(0)
+
+
+def run_arm(args) -> None:
+    """One arm in this process: load, train until the Meter ends the process."""
+    import datasets
+    import torch
+
+    from trainer.data.build import build_datasets
+    from trainer.tokens import load_tokenizer
+
+    datasets.disable_progress_bars()
+    torch.manual_seed(SEED)
+    path = model_dir(args, args.shape)
+    output_dir = Path(args.work) / "runs" / f"{args.shape}-{args.mode}-{args.arm}"
+    shutil.rmtree(output_dir, ignore_errors=True)  # train() would resume from an earlier run's checkpoint
+    config = delphi_config(args, path, args.mode, output_dir)
+    tokenizer = load_tokenizer(str(path), args.max_length)
+    (built,) = build_datasets(config, tokenizer)
+    pick = random.Random(SEED).choices(range(len(built.train)), k=args.samples)
+    samples = built.train.select(sorted(pick))
+    record = {"arm": args.arm, "mode": args.mode, "shape": args.shape}
+    meter = Meter(tokenizer.pad_token_id, args.warmup, Path(args.result), record)
+    if args.arm == "delphi":
+        delphi_today(config, tokenizer, samples, meter)
+    elif args.arm == "delphi-next":
+        delphi_next(config, tokenizer, samples, meter, args.compile)
+    else:
+        baseline(args.arm, config, tokenizer, samples, meter)
+    sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
+             f"raise --samples")
+
+
+def delphi_today(config, tokenizer, samples, meter) -> None:
+    """Delphi as scripts/trainer_sft.py::run wires it today. To be replaced by the recipe function the lead
+    engineer is adding (trainer/recipe.py), so that this arm always measures what users run."""
+    from trainer.data.collate import packing_isolation, training_collator
+    from trainer.data.sampler import PerDatasetSampler
+    from trainer.models import load_model
+    from trainer.train import train
+
+    loaded = load_model(config, tokenizer)
+    collator = training_collator(config, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
+    lengths = [samples["length"]]
+    factory = lambda _data, world_size, rank: PerDatasetSampler(  # noqa: E731 (as scripts/trainer_sft.py builds it)
+        lengths, [len(samples)], seed=config.rng_seed, batch_size=config.per_device_train_batch_size, rank=rank,
+        world_size=world_size, resample=config.use_custom_sampler, sort_by_length=config.sort_by_length)
+    meter.record["attention"] = loaded.attention
+    train(config, loaded.model, tokenizer, {"oasst": samples}, {}, meter.wrap(collator), factory,
+          callbacks=[meter.callback()], optim=loaded.optimizer)
+
+
+def next_attention() -> str:
+    """The fastest isolated attention for GPT-NeoX here: flash-attention 2 (fed cu_seq_lens) where installed,
+    else torch's own flash varlen (`delphi_varlen`), else FlexAttention with the document mask from position ids."""
+    import importlib.util
+
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    from trainer.varlen_attention import register_varlen_attention
+
+    if is_flash_attn_2_available():
+        return "flash_attention_2"
+    if not torch.cuda.is_available() or importlib.util.find_spec("torch.nn.attention.varlen"):
+        return register_varlen_attention()
+    return "flex_attention"
+
+
+def delphi_next(config, tokenizer, samples, meter, compile_model: bool) -> None:
+    """Issue 9's components wired by hand around DelphiTrainer (what the recipe will do once integrated)."""
+    import torch
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from trainer.data.collate import DataCollator, packing_isolation
+    from trainer.data.sampler import TokenBudgetBatchSampler
+    from trainer.delphi_trainer import DelphiTrainer
+    from trainer.loss import summed_token_loss
+    from trainer.models import load_model
+    from trainer.train import training_arguments
+
+    class NextTrainer(DelphiTrainer):
+        def get_train_dataloader(self):
+            loader = self.accelerator.prepare(DataLoader(
+                self.train_dataset, batch_sampler=self.train_sampler, collate_fn=self.data_collator,
+                pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available()))
+            shard = getattr(loader, "batch_sampler", None)  # already split across ranks: accelerate must not split
+            if shard is not None and hasattr(shard, "num_processes"):
+                shard.num_processes, shard.process_index = 1, 0
+            return loader
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            loss_sum, trained, outputs = summed_token_loss(model, head, inputs, chunked=True)
+            loss = loss_sum / (trained.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    loaded = load_model(config, tokenizer)
+    meter.record["attention"] = next_attention()
+    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    base.set_attn_implementation(meter.record["attention"])
+    isolation = packing_isolation(base.config)
+    budget = config.per_device_train_batch_size * config.max_length
+    # Compiled, every row is the whole budget wide: one shape, one graph (else a recompile per new width).
+    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=budget if compile_model
+                            else 64, packing=True, isolation=isolation, row_length=budget,
+                            flash_kwargs=isolation == "position_ids")
+    lengths = [samples["length"]]
+    factory = lambda _data, world_size, rank: TokenBudgetBatchSampler(  # noqa: E731
+        lengths, [len(samples)], max_tokens=budget, seed=config.rng_seed, rank=rank, world_size=world_size,
+        resample=config.use_custom_sampler)
+    args = training_arguments(config, has_eval=False, optim=loaded.optimizer)
+    args.logging_nan_inf_filter = False  # its isnan/isinf check reads the loss back every micro-batch
+    args.accelerator_config.non_blocking = torch.cuda.is_available()  # with pinned batches: async copies
+    args.torch_compile, args.torch_compile_backend = compile_model, "inductor" if compile_model else None
+    trainer = NextTrainer(model=loaded.model, args=args, processing_class=tokenizer,
+                          data_collator=meter.wrap(collator), train_dataset=ConcatDataset([samples]),
+                          sampler_factory=factory, callbacks=[meter.callback()])
+    trainer.train()
+
+
+def baseline(arm: str, config, tokenizer, samples, meter) -> None:
+    """What a user would run instead, with the same model, adapters, precision and optimizer as Delphi."""
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers.utils import is_flash_attn_2_available
+
+    from trainer.lora import lora_config
+    from trainer.models import optimizer_name, quantization_config, weights_dtype
+
+    cuda = torch.cuda.is_available()
+    meter.record["attention"] = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+    kwargs = dict(attn_implementation=meter.record["attention"], dtype=weights_dtype(config))
+    if config.mode == "qlora":
+        kwargs.update(quantization_config=quantization_config(config), device_map={"": 0 if cuda else "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
+    model.config.use_cache = False
+    if config.mode != "full":
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if config.mode == "qlora":
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(model, lora_config(config))
+    common = dict(output_dir=config.output_dir, per_device_train_batch_size=config.per_device_train_batch_size,
+                  gradient_accumulation_steps=1, seed=SEED, save_strategy="no", report_to="none", use_cpu=not cuda,
+                  bf16=cuda, fp16=False, gradient_checkpointing=False, logging_steps=10**6, disable_tqdm=True,
+                  optim=optimizer_name(config), **HYPER)
+    if arm == "trl-padding-free":
+        from trl import SFTConfig, SFTTrainer
+
+        data = samples.map(lambda s: {"completion_mask": [int(x != -100) for x in s["labels"]]},
+                           remove_columns=["labels", "length", "trained"])
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common, padding_free=True, max_length=None,
+                                                         completion_only_loss=True),
+                             train_dataset=data, processing_class=tokenizer, callbacks=[meter.callback()])
+    else:
+        trainer = Trainer(model=model, args=TrainingArguments(**common, train_sampling_strategy="group_by_length"),
+                          train_dataset=samples.remove_columns(["length", "trained"]), processing_class=tokenizer,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8,
+                                                               label_pad_token_id=-100),
+                          callbacks=[meter.callback()])
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.train()
+
+
+def child_env(arm: str) -> dict[str, str]:
+    env = dict(os.environ)
+    overlay = os.environ.get("TRL_OVERLAY", "/tmp/trl-overlay")
+    if arm.startswith("trl") and Path(overlay).is_dir():  # TRL is not among Delphi's dependencies
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (overlay, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokenizer", required=True, help="the GPT-NeoX-20B tokenizer.json")
+    parser.add_argument("--oasst", required=True, help="an OASST tree export (en_100_tree.jsonl)")
+    parser.add_argument("--tiny", action="store_true", help="a hidden-64 model instead of the Pythia shapes (CPU)")
+    parser.add_argument("--shapes", nargs="+", default=["1.4b", "410m"], choices=["1.4b", "410m"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--samples", type=int, default=512, help="threads every arm trains on (one epoch)")
+    parser.add_argument("--batch", type=int, default=8, help="samples per micro-batch; delphi-next: x max_length "
+                                                             "tokens")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of the timing")
+    parser.add_argument("--compile", action="store_true", help="delphi-next: torch.compile the model")
+    parser.add_argument("--work", default=str(REPO / ".cache" / "bench-gpu"))
+    parser.add_argument("--out", help="where results.json and report.md go (default: --work)")
+    parser.add_argument("--deadline", type=float, default=430, help="seconds since start by which arms must end")
+    parser.add_argument("--arm-timeout", type=float, default=150)
+    parser.add_argument("--min-arm", type=float, default=25, help="do not start an arm with less time left")
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.arm:
+        run_arm(args)
+        return
+    started = time.perf_counter()
+    shapes = ["tiny"] if args.tiny else args.shapes
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_data(args, model_dir(args, shapes[0]))
+    results = []
+    for shape in shapes:
+        params = matmul_params(model_dir(args, shape))
+        for mode in args.modes:
+            for arm in args.arms:
+                results.append(run_child(args, shape, mode, arm, started) | {"params": params})
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    text = report(results, args)
+    (out / "report.md").write_text(text)
+    print(text)
+
+
+def prepare_data(args, path: Path) -> None:
+    """Builds and caches the tokenized threads once, so the arms only memory-map them."""
+    from trainer.data.build import build_datasets
+    from trainer.tokens import load_tokenizer
+
+    build_datasets(delphi_config(args, path, "full", Path(args.work) / "runs"), load_tokenizer(str(path),
+                                                                                                args.max_length))
+
+
+def run_child(args, shape: str, mode: str, arm: str, started: float) -> dict:
+    record = {"arm": arm, "mode": mode, "shape": shape}
+    left = args.deadline - (time.perf_counter() - started)
+    if left < args.min_arm:
+        return record | {"status": f"skipped: {left:.0f} s left before --deadline"}
+    result = Path(args.work) / "results" / f"{shape}-{mode}-{arm}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--arm", arm, "--mode", mode, "--shape", shape, "--result", str(result),
+               *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("tokenizer", "oasst", "samples", "batch",
+                                                                          "max_length", "warmup", "work")),
+               *(["--compile"] if args.compile else [])]
+    begin = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=child_env(arm),
+                              timeout=min(args.arm_timeout, left))
+        status = "ok" if result.is_file() else f"failed (exit {done.returncode}): {done.stderr[-1500:]}"
+    except subprocess.TimeoutExpired:
+        status = f"timeout after {min(args.arm_timeout, left):.0f} s"
+    record |= json.loads(result.read_text()) if result.is_file() else {}
+    record |= {"status": status, "wall_s": time.perf_counter() - begin}
+    line = f"{record.get('tokens_per_s', 0):10.0f} tok/s" if status == "ok" else status.splitlines()[0]
+    print(f"[{time.perf_counter() - started:5.0f} s] {shape} {mode:<5} {arm:<17} {line}", file=sys.stderr,
+          flush=True)
+    if status.startswith("failed"):
+        print(status, file=sys.stderr, flush=True)
+    return record
+
+
+def peak_flops() -> float:
+    """Dense bf16 peak of this GPU; unknown device or CPU: infinite, so MFU reads 0 rather than a wrong number."""
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return next((v for k, v in PEAK_BF16.items() if k in name), math.inf)
+
+
+def report(results: list[dict], args) -> str:
+    peak = peak_flops()
+    device = f"peak {peak / 1e12:.0f} TFLOP/s bf16" if math.isfinite(peak) else "unknown peak: MFU reads 0"
+    lines = [f"samples {args.samples}, batch {args.batch} (delphi-next: {args.batch * args.max_length:,} tokens), "
+             f"max_length {args.max_length}, {args.warmup} warm-up steps untimed; {device}",
+             "| shape | mode | arm | attention | trained tok/s | x best baseline | MFU | padding | peak GiB | "
+             "timed steps | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for shape, mode in dict.fromkeys((r["shape"], r["mode"]) for r in results):
+        rows = [r for r in results if (r["shape"], r["mode"]) == (shape, mode)]
+        best = max((r.get("tokens_per_s", 0) for r in rows if not r["arm"].startswith("delphi")), default=0)
+        for r in rows:
+            speed = r.get("tokens_per_s")
+            if speed is None:
+                lines.append(f"| {shape} | {mode} | {r['arm']} | | | | | | | | {r['status'].splitlines()[0]} |")
+                continue
+            mfu = (6 if mode == "full" else 4) * r["params"] * speed / peak
+            ratio = f"{speed / best:.2f}x" if best else "-"
+            lines.append(f"| {shape} | {mode} | {r['arm']} | {r['attention']} | {speed:,.0f} | {ratio} | {mfu:.1%} | "
+                         f"{r['padding']:.1%} | {r['peak_gib']:.1f} | {r['timed_steps']} | ok |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
