@@ -13,13 +13,11 @@ learning rate and schedule, no activation checkpointing. Full: fp32 master weigh
 base; QLoRA: NF4 base, bf16 compute; LoRA r16 / alpha 32 on all linear layers (Delphi's `lora_config` for all).
 
 Arms, each in its own process, under a timeout:
-- delphi: `trainer.train.train` as scripts/trainer_sft.py wires it today (sort_by_length + packing, batch
-  `--batch`; flash-attention 2 where installed, else sdpa);
-- delphi-next: issue 9's components wired by hand: `TokenBudgetBatchSampler` (budget `--batch` x max_length
-  tokens), one packed row per micro-batch with varlen kwargs, `delphi_varlen` attention (torch's flash varlen),
-  the chunked linear cross-entropy, no per-micro-batch host syncs (`logging_nan_inf_filter` off), pinned memory
-  and non-blocking copies; `--compile` adds torch.compile on rows padded to the whole budget (untried on a GPU;
-  on this CPU it recompiles every step: the trained-token count and the CPU attention's per-sample loop vary);
+- delphi: `trainer.recipe.run`, what `delphi train` runs, with sort_by_length + packing, batch `--batch`
+  (flash-attention 2 where installed, else sdpa), the chunked loss, no per-step host syncs;
+- delphi-padding-free: the same with `padding_free: true`: token-budget micro-batches (`--batch` x max_length
+  tokens), one packed row each under a varlen kernel (flash-attention 2 where installed, else torch's own
+  `delphi_varlen`); `--compile` adds `compile: true` (untried on a GPU);
 - trainer-grouped: `Trainer` + `DataCollatorForSeq2Seq` + `train_sampling_strategy="group_by_length"`;
 - trl-padding-free: `SFTTrainer(padding_free=True)`, completion-only loss on the same trained tokens.
 
@@ -60,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import random
 import resource
 import shutil
 import subprocess
@@ -70,7 +67,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-ARMS = ("delphi", "delphi-next", "trainer-grouped", "trl-padding-free")
+ARMS = ("delphi", "delphi-padding-free", "trainer-grouped", "trl-padding-free")
 MODES = ("full", "lora", "qlora")
 SHAPES = {"tiny": dict(hidden=64, layers=2, heads=4), "410m": dict(hidden=1024, layers=24, heads=16),
           "1.4b": dict(hidden=2048, layers=24, heads=16)}
@@ -116,18 +113,31 @@ def matmul_params(path: Path) -> int:
     return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
 
 
-def delphi_config(args, path: Path, mode: str, output_dir: Path):
+def delphi_config(args, path: Path, mode: str, output_dir: Path, **overrides):
+    """Every arm's settings as Delphi's config; `--samples` threads drawn once from the seed (the draw the
+    baselines take too: `drawn_samples`)."""
     import torch
 
-    from trainer.config import DatasetConfig, TrainConfig
+    from trainer.config import TrainConfig
 
-    oasst = DatasetConfig("oasst_export", input_file_path=str(Path(args.oasst).resolve()), val_split=0.05)
-    return TrainConfig(model_name=str(path), dtype="bf16" if torch.cuda.is_available() else "fp32",
-                       residual_dropout=0.0, mode=mode, datasets=(oasst,), max_length=args.max_length,
-                       cache_dir=str(Path(args.work) / "data"), per_device_train_batch_size=args.batch,
-                       gradient_accumulation_steps=1, sort_by_length=True, packing=True, use_flash_attention=True,
-                       output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6, logging_steps=10**6,
-                       report_to="none", log_wandb=False, rng_seed=SEED, **HYPER)
+    oasst = {"oasst_export": {"input_file_path": str(Path(args.oasst).resolve()), "val_split": 0.05,
+                              "size": args.samples}}
+    return TrainConfig.of(model_name=str(path), dtype="bf16" if torch.cuda.is_available() else "fp32",
+                          residual_dropout=0.0, mode=mode, datasets=[oasst], max_length=args.max_length,
+                          cache_dir=str(Path(args.work) / "data"), per_device_train_batch_size=args.batch,
+                          gradient_accumulation_steps=1, sort_by_length=True, packing=True, use_flash_attention=True,
+                          output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6, logging_steps=10**6,
+                          report_to="none", log_wandb=False, rng_seed=SEED, **HYPER, **overrides)
+
+
+def drawn_samples(config, built):
+    """The training samples Delphi's sampler draws for this config, for the baselines."""
+    from trainer.data.sampler import PerDatasetSampler, draw_counts
+
+    lengths = built.train["length"]
+    draw = PerDatasetSampler([lengths], draw_counts(config.data.datasets, [len(lengths)]),
+                             seed=config.optim.rng_seed, resample=False)
+    return built.train.select(sorted(draw.fixed.tolist()))
 
 
 class Meter:
@@ -137,7 +147,8 @@ class Meter:
     def __init__(self, pad_token_id: int, warmup: int, result_path: Path, record: dict):
         self.pad_token_id, self.warmup, self.result_path, self.record = pad_token_id, warmup, result_path, record
         self.batches: list[tuple[int, int, int]] = []  # (trained, real, processed), in collation order
-        self.started = 0.0
+        self.marks: list[tuple] = []  # Delphi's logged (trained, real, processed) at the warm-up and the last step
+        self.started = self.seconds = 0.0
 
     def wrap(self, collate):
         def counted(samples):
@@ -148,13 +159,18 @@ class Meter:
             return batch
         return counted
 
-    def callback(self):
+    def callback(self, logged: bool = False):
+        """Times the steps after the warm-up. `logged`: the counts come from Delphi's own (made on the CPU by its
+        collator), logged at just those two steps, instead of from a wrapped collator."""
         import torch
         from transformers import TrainerCallback
 
         meter = self
 
         class StepEnd(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                meter.record.setdefault("attention", model.config._attn_implementation)
+
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step not in (meter.warmup, state.max_steps):
                     return
@@ -163,14 +179,28 @@ class Meter:
                 if state.global_step == meter.warmup:
                     meter.started = time.perf_counter()
                 else:
-                    meter.finish(state.max_steps, time.perf_counter() - meter.started)
+                    meter.seconds = time.perf_counter() - meter.started
+                    if not logged:
+                        meter.finish(state.max_steps, meter.batch_counts(state.max_steps))
+                control.should_log = True
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logged and logs and "trained_tokens" in logs:
+                    counts = tuple(logs[k] for k in ("trained_tokens", "real_tokens", "processed_tokens"))
+                    meter.marks.append(counts)
+                    if state.global_step == state.max_steps:
+                        meter.finish(state.max_steps, tuple(b - a for a, b in zip(*meter.marks[-2:])))
 
         return StepEnd()
 
-    def finish(self, steps: int, seconds: float) -> None:
+    def batch_counts(self, steps: int) -> tuple[int, int, int]:
+        return tuple(sum(b[i] for b in self.batches[self.warmup:steps]) for i in range(3))
+
+    def finish(self, steps: int, counts: tuple) -> None:
         import torch
 
-        trained, real, processed = (sum(b[i] for b in self.batches[self.warmup:steps]) for i in range(3))
+        trained, real, processed = counts
+        seconds = self.seconds
         peak = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
         self.record.update(steps=steps, timed_steps=steps - self.warmup, seconds=seconds, trained_tokens=trained,
@@ -191,110 +221,22 @@ def run_arm(args) -> None:
     torch.manual_seed(SEED)
     path = model_dir(args, args.shape)
     output_dir = Path(args.work) / "runs" / f"{args.shape}-{args.mode}-{args.arm}"
-    shutil.rmtree(output_dir, ignore_errors=True)  # train() would resume from an earlier run's checkpoint
-    config = delphi_config(args, path, args.mode, output_dir)
-    tokenizer = load_tokenizer(str(path), args.max_length)
-    (built,) = build_datasets(config, tokenizer)
-    pick = random.Random(SEED).choices(range(len(built.train)), k=args.samples)
-    samples = built.train.select(sorted(pick))
+    shutil.rmtree(output_dir, ignore_errors=True)  # a run would resume from an earlier run's checkpoint
     record = {"arm": args.arm, "mode": args.mode, "shape": args.shape}
+    tokenizer = load_tokenizer(str(path), args.max_length)
     meter = Meter(tokenizer.pad_token_id, args.warmup, Path(args.result), record)
-    if args.arm == "delphi":
-        delphi_today(config, tokenizer, samples, meter)
-    elif args.arm == "delphi-next":
-        delphi_next(config, tokenizer, samples, meter, args.compile)
+    if args.arm.startswith("delphi"):
+        from trainer.recipe import run
+
+        extra = {"padding_free": True, "compile": args.compile} if args.arm == "delphi-padding-free" else {}
+        config = delphi_config(args, path, args.mode, output_dir, **extra)
+        run(config, callbacks=[meter.callback(logged=True)])
     else:
-        baseline(args.arm, config, tokenizer, samples, meter)
+        config = delphi_config(args, path, args.mode, output_dir)
+        (built,) = build_datasets(config.data, tokenizer)
+        baseline(args.arm, config, tokenizer, drawn_samples(config, built), meter)
     sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
              f"raise --samples")
-
-
-def delphi_today(config, tokenizer, samples, meter) -> None:
-    """Delphi as scripts/trainer_sft.py::run wires it today. To be replaced by the recipe function the lead
-    engineer is adding (trainer/recipe.py), so that this arm always measures what users run."""
-    from trainer.data.collate import packing_isolation, training_collator
-    from trainer.data.sampler import PerDatasetSampler
-    from trainer.models import load_model
-    from trainer.train import train
-
-    loaded = load_model(config, tokenizer)
-    collator = training_collator(config, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
-    lengths = [samples["length"]]
-    factory = lambda _data, world_size, rank: PerDatasetSampler(  # noqa: E731 (as scripts/trainer_sft.py builds it)
-        lengths, [len(samples)], seed=config.rng_seed, batch_size=config.per_device_train_batch_size, rank=rank,
-        world_size=world_size, resample=config.use_custom_sampler, sort_by_length=config.sort_by_length)
-    meter.record["attention"] = loaded.attention
-    train(config, loaded.model, tokenizer, {"oasst": samples}, {}, meter.wrap(collator), factory,
-          callbacks=[meter.callback()], optim=loaded.optimizer)
-
-
-def next_attention() -> str:
-    """The fastest isolated attention for GPT-NeoX here: flash-attention 2 (fed cu_seq_lens) where installed,
-    else torch's own flash varlen (`delphi_varlen`), else FlexAttention with the document mask from position ids."""
-    import importlib.util
-
-    import torch
-    from transformers.utils import is_flash_attn_2_available
-
-    from trainer.varlen_attention import register_varlen_attention
-
-    if is_flash_attn_2_available():
-        return "flash_attention_2"
-    if not torch.cuda.is_available() or importlib.util.find_spec("torch.nn.attention.varlen"):
-        return register_varlen_attention()
-    return "flex_attention"
-
-
-def delphi_next(config, tokenizer, samples, meter, compile_model: bool) -> None:
-    """Issue 9's components wired by hand around DelphiTrainer (what the recipe will do once integrated)."""
-    import torch
-    from torch.utils.data import ConcatDataset, DataLoader
-
-    from trainer.data.collate import DataCollator, packing_isolation
-    from trainer.data.sampler import TokenBudgetBatchSampler
-    from trainer.delphi_trainer import DelphiTrainer
-    from trainer.loss import summed_token_loss
-    from trainer.models import load_model
-    from trainer.train import training_arguments
-
-    class NextTrainer(DelphiTrainer):
-        def get_train_dataloader(self):
-            loader = self.accelerator.prepare(DataLoader(
-                self.train_dataset, batch_sampler=self.train_sampler, collate_fn=self.data_collator,
-                pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available()))
-            shard = getattr(loader, "batch_sampler", None)  # already split across ranks: accelerate must not split
-            if shard is not None and hasattr(shard, "num_processes"):
-                shard.num_processes, shard.process_index = 1, 0
-            return loader
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            loss_sum, trained, outputs = summed_token_loss(model, head, inputs, chunked=True)
-            loss = loss_sum / (trained.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
-
-    loaded = load_model(config, tokenizer)
-    meter.record["attention"] = next_attention()
-    base = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
-    base.set_attn_implementation(meter.record["attention"])
-    isolation = packing_isolation(base.config)
-    budget = config.per_device_train_batch_size * config.max_length
-    # Compiled, every row is the whole budget wide: one shape, one graph (else a recompile per new width).
-    collator = DataCollator(tokenizer.pad_token_id, config.max_length, pad_to_multiple_of=budget if compile_model
-                            else 64, packing=True, isolation=isolation, row_length=budget,
-                            flash_kwargs=isolation == "position_ids")
-    lengths = [samples["length"]]
-    factory = lambda _data, world_size, rank: TokenBudgetBatchSampler(  # noqa: E731
-        lengths, [len(samples)], max_tokens=budget, seed=config.rng_seed, rank=rank, world_size=world_size,
-        resample=config.use_custom_sampler)
-    args = training_arguments(config, has_eval=False, optim=loaded.optimizer)
-    args.logging_nan_inf_filter = False  # its isnan/isinf check reads the loss back every micro-batch
-    args.accelerator_config.non_blocking = torch.cuda.is_available()  # with pinned batches: async copies
-    args.torch_compile, args.torch_compile_backend = compile_model, "inductor" if compile_model else None
-    trainer = NextTrainer(model=loaded.model, args=args, processing_class=tokenizer,
-                          data_collator=meter.wrap(collator), train_dataset=ConcatDataset([samples]),
-                          sampler_factory=factory, callbacks=[meter.callback()])
-    trainer.train()
 
 
 def baseline(arm: str, config, tokenizer, samples, meter) -> None:
@@ -308,21 +250,25 @@ def baseline(arm: str, config, tokenizer, samples, meter) -> None:
 
     cuda = torch.cuda.is_available()
     meter.record["attention"] = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
-    kwargs = dict(attn_implementation=meter.record["attention"], dtype=weights_dtype(config))
-    if config.mode == "qlora":
-        kwargs.update(quantization_config=quantization_config(config), device_map={"": 0 if cuda else "cpu"})
-    model = AutoModelForCausalLM.from_pretrained(config.model_name, **kwargs)
+    mode = config.adapters.mode
+    kwargs = dict(attn_implementation=meter.record["attention"],
+                  dtype=weights_dtype(config.model, config.adapters, deepspeed=False))
+    if mode == "qlora":
+        kwargs.update(quantization_config=quantization_config(config.model, config.adapters),
+                      device_map={"": 0 if cuda else "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(config.model.model_name, **kwargs)
     model.config.use_cache = False
-    if config.mode != "full":
+    if mode != "full":
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        if config.mode == "qlora":
+        if mode == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, lora_config(config))
-    common = dict(output_dir=config.output_dir, per_device_train_batch_size=config.per_device_train_batch_size,
+        model = get_peft_model(model, lora_config(config.adapters))
+    common = dict(output_dir=config.outputs.output_dir,
+                  per_device_train_batch_size=config.optim.per_device_train_batch_size,
                   gradient_accumulation_steps=1, seed=SEED, save_strategy="no", report_to="none", use_cpu=not cuda,
                   bf16=cuda, fp16=False, gradient_checkpointing=False, logging_steps=10**6, disable_tqdm=True,
-                  optim=optimizer_name(config), **HYPER)
+                  optim=optimizer_name(config.adapters), **HYPER)
     if arm == "trl-padding-free":
         from trl import SFTConfig, SFTTrainer
 
@@ -358,11 +304,11 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--samples", type=int, default=512, help="threads every arm trains on (one epoch)")
-    parser.add_argument("--batch", type=int, default=8, help="samples per micro-batch; delphi-next: x max_length "
-                                                             "tokens")
+    parser.add_argument("--batch", type=int, default=8, help="samples per micro-batch; delphi-padding-free: x "
+                                                             "max_length tokens")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps left out of the timing")
-    parser.add_argument("--compile", action="store_true", help="delphi-next: torch.compile the model")
+    parser.add_argument("--compile", action="store_true", help="delphi-padding-free: compile: true")
     parser.add_argument("--work", default=str(REPO / ".cache" / "bench-gpu"))
     parser.add_argument("--out", help="where results.json and report.md go (default: --work)")
     parser.add_argument("--deadline", type=float, default=430, help="seconds since start by which arms must end")
@@ -399,8 +345,8 @@ def prepare_data(args, path: Path) -> None:
     from trainer.data.build import build_datasets
     from trainer.tokens import load_tokenizer
 
-    build_datasets(delphi_config(args, path, "full", Path(args.work) / "runs"), load_tokenizer(str(path),
-                                                                                                args.max_length))
+    config = delphi_config(args, path, "full", Path(args.work) / "runs")
+    build_datasets(config.data, load_tokenizer(str(path), args.max_length))
 
 
 def run_child(args, shape: str, mode: str, arm: str, started: float) -> dict:
@@ -443,7 +389,8 @@ def peak_flops() -> float:
 def report(results: list[dict], args) -> str:
     peak = peak_flops()
     device = f"peak {peak / 1e12:.0f} TFLOP/s bf16" if math.isfinite(peak) else "unknown peak: MFU reads 0"
-    lines = [f"samples {args.samples}, batch {args.batch} (delphi-next: {args.batch * args.max_length:,} tokens), "
+    lines = [f"samples {args.samples}, batch {args.batch} (delphi-padding-free: {args.batch * args.max_length:,} "
+             f"tokens), "
              f"max_length {args.max_length}, {args.warmup} warm-up steps untimed; {device}",
              "| shape | mode | arm | attention | trained tok/s | x best baseline | MFU | padding | peak GiB | "
              "timed steps | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -114,3 +114,15 @@ def test_huggingface_hub_still_reads_its_timeouts_from_module_constants(monkeypa
     with compat.hub_timeouts(3.0):
         assert constants.HF_HUB_ETAG_TIMEOUT == constants.HF_HUB_DOWNLOAD_TIMEOUT == 3.0
     assert constants.HF_HUB_ETAG_TIMEOUT == before
+
+
+def test_torch_varlen_attention_takes_causal_in_the_form_compat_passes():
+    """compat.varlen_causal_kwargs: `is_causal=True` in torch's first releases of varlen_attn, `window_size` later."""
+    from trainer import varlen_attention
+
+    if not varlen_attention.available():
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    from torch.nn.attention.varlen import varlen_attn
+
+    (name, value), = compat.varlen_causal_kwargs().items()
+    assert name in inspect.signature(varlen_attn).parameters and value in (True, (-1, 0))

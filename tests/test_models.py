@@ -186,3 +186,25 @@ def test_bad_sources_fail_before_loading(case, expected, tiny_model_dir, tmp_pat
     }[case]()
     with pytest.raises(ConfigError, match=expected):
         check(config)
+
+
+@pytest.mark.gpu
+def test_padding_free_on_cuda_picks_a_varlen_kernel_and_trains(tiny_model_dir, tmp_path):
+    """On a GPU a padding-free GPT-NeoX run takes one row per micro-batch under flash-attention 2 or torch's varlen
+    kernel (no mask, no host read-back), and learns."""
+    from trainer.models import VARLEN_ATTENTIONS
+    from trainer.paths import CHECKOUT
+    from trainer.recipe import run
+    from trainer.run_log import read_metrics
+
+    config = tiny_config(tiny_model_dir("gpt_neox"), dtype="bf16", padding_free=True, max_length=128,
+                         datasets=[{"alpaca": {"input_file_path": str(CHECKOUT / "data/alpaca/sample.json")}}],
+                         learning_rate=1e-3, num_train_epochs=2, per_device_train_batch_size=8,
+                         gradient_accumulation_steps=1, warmup_steps=0, logging_steps=1, eval_steps=1000,
+                         save_steps=1000, report_to="none", cache_dir=str(tmp_path / "cache"),
+                         output_dir=str(tmp_path / "out"))
+    assert choose_attention(config.model, check(config), padding_free=True)[0] in VARLEN_ATTENTIONS
+    result = run(config)
+    losses = [r["loss"] for r in read_metrics(result.metrics_path) if "loss" in r]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+    assert max(r["padding_fraction"] for r in read_metrics(result.metrics_path) if "loss" in r) < 0.05

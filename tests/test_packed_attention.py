@@ -115,10 +115,10 @@ def test_implementations_the_model_class_lacks_are_refused(tiny_model_dir, arch,
 def test_gpt_neox_varlen_attention_from_the_collators_kwargs(tiny_model_dir, samples, one_row):
     from transformers.masking_utils import create_causal_mask
 
-    from trainer.varlen_attention import register_varlen_attention
+    from trainer.varlen_attention import register
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"),
-                                                 attn_implementation=register_varlen_attention()).train()
+                                                 attn_implementation=register()).train()
     batch = _collator(model, samples, one_row)(samples)
     embeds = model.get_input_embeddings()(batch["input_ids"])
     assert create_causal_mask(model.config, embeds, None, None, batch["position_ids"]) is None  # nothing built

@@ -194,7 +194,7 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(zero
     checkpoint = out / "out" / "checkpoint-6"
     states = sorted(p.name for p in checkpoint.rglob("*optim_states.pt"))
     assert states == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
-    assert "tokens per optimizer step: up to 128 = 1 seq × 2 accum × 32 max_length × 2 ranks" in stdout
+    assert "tokens per optimizer step: up to 128 = 1 seq × 32 max_length × 2 accum × 2 ranks" in stdout
     rows = read_jsonl(out / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert (out / "out" / "model.safetensors").is_file()

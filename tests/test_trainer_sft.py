@@ -13,8 +13,10 @@ from trainer.run_log import read_metrics
     ("gpt_neox", ["--packing", "true", "--sort_by_length", "true"]),
     ("mpt", ["--packing", "true"]),
     ("falcon", ["--mode", "lora", "--use_custom_sampler", "true"]),
+    ("gpt_neox", ["--padding_free", "true", "--max_tokens_per_batch", "512"]),
+    ("mpt", ["--padding_free", "--chunked_loss", "false"]),
 ])
-def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tmp_path):
+def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tmp_path, capsys):
     section = {"run": {
         "datasets": [{"oasst_export": {"input_file_path": str(REPO_ROOT / "data/oasst/sample_trees.jsonl")}},
                      {"alpaca": {"input_file_path": str(REPO_ROOT / "data/alpaca/sample.json"), "fraction": 0.5}}],
@@ -33,3 +35,7 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
     assert (tmp_path / "out" / "resolved_config.yaml").is_file()
     saved = "adapter_config.json" if "lora" in flags else "config.json"
     assert (tmp_path / "out" / saved).is_file()
+    if any(flag.startswith("--padding") for flag in flags):  # token budgets, packed into rows of max_length here
+        budget = "512" if "512" in flags else "1,024"  # 8 x 128 by default
+        assert f"tokens per optimizer step: up to {budget} = {budget}-token budget" in capsys.readouterr().out
+        assert max(r["padding_fraction"] for r in steps) < 0.25

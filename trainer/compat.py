@@ -7,6 +7,8 @@ silently somewhere in a run.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +32,19 @@ class TrainerSeams:
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
 
-    def rank_local_dataloader(self, dataset, sampler) -> torch.utils.data.DataLoader:
+    def rank_local_dataloader(self, dataset, sampler, batches: bool = False) -> torch.utils.data.DataLoader:
         """The Trainer's own loader (collator, workers, pinning, device placement) around a sampler that already
-        yields this rank's indices. `accelerator.prepare` wraps it in a `BatchSamplerShard` that would shard it
-        again; made a pass-through, as transformers 5.24 does for its own rank-aware `BatchRebalanceSampler`."""
-        loader = self._get_dataloader(dataset, "Training", self._train_batch_size, sampler_fn=lambda _: sampler,
-                                      is_training=True)
+        yields this rank's indices, or (`batches`) this rank's lists of indices. `accelerator.prepare` wraps it in
+        a `BatchSamplerShard` that would shard it again; made a pass-through, as transformers 5.24 does for its own
+        rank-aware `BatchRebalanceSampler`."""
+        if batches:
+            args = self.args
+            loader = self.accelerator.prepare(torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=args.dataloader_num_workers,
+                pin_memory=args.dataloader_pin_memory and torch.cuda.is_available()))
+        else:
+            loader = self._get_dataloader(dataset, "Training", self._train_batch_size, sampler_fn=lambda _: sampler,
+                                          is_training=True)
         shard = getattr(loader, "batch_sampler", None)
         if shard is not None and hasattr(shard, "num_processes"):
             shard.num_processes, shard.process_index = 1, 0
@@ -104,6 +113,19 @@ def set_mpt_residual_dropout(model, p: float) -> None:
             module.resid_attn_dropout.p = p
         elif isinstance(module, MptMLP):
             module.hidden_dropout = p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch
+
+@functools.cache
+def varlen_causal_kwargs() -> dict:
+    """torch's `varlen_attn` said "causal" as `is_causal=True` in its first releases and as `window_size=(-1, 0)`
+    later."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return {"window_size": (-1, 0)} if "window_size" in inspect.signature(varlen_attn).parameters \
+        else {"is_causal": True}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -191,6 +191,9 @@ class ModelConfig:
     residual_dropout: float = option(0.1, "dropout on the attention and MLP outputs before the residual add")
     use_flash_attention: bool = option(False, "flash-attention 2 where it is installed on CUDA, else SDPA")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    chunked_loss: bool = option(True, "cross-entropy in chunks straight from the hidden states: the (tokens x vocab) "
+                                      "logits are never built")
+    compile: bool = option(False, "torch.compile the model (shapes vary with the data: pays off on long GPU runs)")
     pad_vocab_size_to_multiple_of: int = option(16, "embedding rows round up to a multiple of this (OASST: 16)")
     mpt: bool = option(False, "the checkpoint must be MPT (the qlora fork's --mpt); max_seq_len grows to max_length")
     trust_remote_code: bool = option(False, "run the checkpoint's own modelling code instead of transformers'")
@@ -245,14 +248,26 @@ class DataConfig:
     use_custom_sampler: bool = option(False, "draw each dataset's fraction/size anew every epoch")
     sort_by_length: bool = option(False, "batch samples of similar length together (less padding)")
     packing: bool = option(False, "several samples per row, isolated from each other")
+    padding_free: bool = option(False, "micro-batches of whole samples up to a token budget, packed (isolated) "
+                                       "without padding; one row with a varlen attention kernel")
+    max_tokens_per_batch: int | None = option(None, "padding_free: the micro-batch's token budget; none: "
+                                                    "per_device_train_batch_size x max_length")
     cache_dir: str = option(".cache", "tokenized-dataset cache; relative dataset paths are looked up here first")
 
     def __post_init__(self) -> None:
         problems = at_least(self, 1, "max_length")
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < self.max_length:
+            problems.append(("max_tokens_per_batch", f"must be at least max_length ({self.max_length}): a budget "
+                                                     f"holds any one sample, got {self.max_tokens_per_batch}"))
         if self.val_max_length is not None and not 1 <= self.val_max_length <= self.max_length:
             problems.append(("val_max_length", f"must be in 1..max_length ({self.max_length}): evaluation batches "
                                                f"are collated like training ones, got {self.val_max_length}"))
         check(problems)
+
+    def token_budget(self, batch_size: int) -> int:
+        """padding_free's micro-batch budget: `max_tokens_per_batch`, else as many tokens as `batch_size` samples
+        of `max_length` (the same work per step as the padded batches it replaces, at most)."""
+        return self.max_tokens_per_batch or batch_size * self.max_length
 
     @property
     def system(self) -> str | None:

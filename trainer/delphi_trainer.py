@@ -21,8 +21,8 @@ from torch.utils.data import ConcatDataset, Sampler
 from transformers import Trainer, TrainerCallback
 
 from trainer.compat import TrainerSeams
+from trainer.data.sampler import TokenBudgetBatchSampler
 from trainer.loss import summed_token_loss
-from trainer.tokens import IGNORE_INDEX
 
 # (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
 SamplerFactory = Callable[[ConcatDataset, int, int], Sampler]
@@ -38,10 +38,10 @@ class TokenCounts:
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, inputs: dict[str, torch.Tensor]) -> None:
-        labels = inputs["labels"]
-        self.trained += int((labels[:, 1:] != IGNORE_INDEX).sum())
+        """The collator's counts, made on the CPU: nothing is read back from the device."""
+        self.trained += inputs["num_trained_tokens"]
         self.real += inputs["num_real_tokens"]
-        self.processed += labels.numel()
+        self.processed += inputs["labels"].numel()
 
 
 def peak_memory_gib() -> float:
@@ -65,9 +65,11 @@ class SamplerEpochCallback(TrainerCallback):
 
 
 class DelphiTrainer(TrainerSeams, Trainer):
-    def __init__(self, *args, sampler_factory: SamplerFactory, **kwargs):
+    def __init__(self, *args, sampler_factory: SamplerFactory, chunked_loss: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.sampler_factory = sampler_factory
+        self.chunked_loss = chunked_loss
+        self.flops_per_token = 6 * self.model.num_parameters(exclude_embeddings=True)
         self.tokens = TokenCounts()
         self.eval_totals = torch.zeros(2, dtype=torch.float64)  # summed loss and trained tokens of one split
         self.train_sampler = sampler_factory(self.train_dataset, self.args.world_size, self.args.process_index)
@@ -79,11 +81,17 @@ class DelphiTrainer(TrainerSeams, Trainer):
         return super().train(*args, **kwargs)
 
     def get_train_dataloader(self):
-        return self.rank_local_dataloader(self.train_dataset, self.train_sampler)
+        batches = isinstance(self.train_sampler, TokenBudgetBatchSampler)
+        return self.rank_local_dataloader(self.train_dataset, self.train_sampler, batches)
+
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's estimate (6 x non-embedding parameters x tokens) without walking every parameter on every
+        micro-batch."""
+        return self.flops_per_token * inputs["num_real_tokens"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss_sum, trained, outputs = summed_token_loss(model, output_layer, inputs)
+        loss_sum, trained, outputs = summed_token_loss(model, output_layer, inputs, chunked=self.chunked_loss)
         if model.training:
             self.tokens.add(inputs)
         else:  # evaluation: summed up over the split in `evaluation_loop`
@@ -124,6 +132,8 @@ class DelphiTrainer(TrainerSeams, Trainer):
         seconds = max(time.perf_counter() - self.tokens.started, 1e-9)
         return {
             "trained_tokens": trained,
+            "real_tokens": real,
+            "processed_tokens": processed,
             "trained_tokens_per_second": trained / seconds,
             "padding_fraction": 1 - real / processed if processed else 0.0,
             "peak_memory_gib": peak_memory_gib(),

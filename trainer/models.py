@@ -25,6 +25,8 @@ from trainer.tokens import padded_vocab_size
 log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Attention implementations that take the collator's `cu_seq_lens`: a padding-free micro-batch is one row for them.
+VARLEN_ATTENTIONS = ("flash_attention_2", "delphi_varlen")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
@@ -105,9 +107,10 @@ def _check_lora_targets(adapters: AdapterConfig, source: ModelSource) -> None:
 
 
 def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_length: int,
-               deepspeed: bool = False) -> LoadedModel:
+               deepspeed: bool = False, padding_free: bool = False) -> LoadedModel:
     """The model ready to train: dropout, attention, dtype, vocab, checkpointing and adapters as configured;
-    `max_length` is the longest sample it will see, `deepspeed` whether DeepSpeed keeps the master weights."""
+    `max_length` is the longest sample it will see, `deepspeed` whether DeepSpeed keeps the master weights,
+    `padding_free` whether micro-batches are token budgets (which a varlen attention kernel takes as one row)."""
     from transformers import AutoModelForCausalLM
 
     source = check_model_source(model, adapters)
@@ -118,7 +121,7 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     hf_config.use_cache = False  # a training forward must not build a cache (it also breaks packed rows)
     if arch.adapt_config:
         notes += arch.adapt_config(hf_config, max_length)
-    attention, why = choose_attention(model, source)
+    attention, why = choose_attention(model, source, padding_free)
     notes.append(f"attention: {attention} ({why})")
     kwargs: dict[str, Any] = {"config": hf_config, "dtype": weights_dtype(model, adapters, deepspeed),
                               "trust_remote_code": model.trust_remote_code}
@@ -162,16 +165,29 @@ def weights_dtype(model: ModelConfig, adapters: AdapterConfig, deepspeed: bool) 
     return torch.float32
 
 
-def choose_attention(model: ModelConfig, source: ModelSource) -> tuple[str, str]:
-    """The fastest attention the model class and platform offer, and why it was chosen."""
+def choose_attention(model: ModelConfig, source: ModelSource, padding_free: bool = False) -> tuple[str, str]:
+    """The fastest attention the model class and platform offer, and why it was chosen.
+
+    Padding-free micro-batches on a GPU go to a varlen kernel where the architecture hands the collator's sequence
+    boundaries to its attention (`Architecture.varlen`): flash-attention 2 where `flash_attn` is installed, else
+    torch's own flash varlen kernel. Both skip the work a mask would only hide, and need nothing read back."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils import is_flash_attn_2_available
+
+    from trainer import varlen_attention
 
     if source.remote_code:
         return "remote code", "trust_remote_code: the checkpoint's own code picks its attention"
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(source.hf_config)]
     supported = compat.attention_support(model_class)
     fallback = "sdpa" if supported["sdpa"] else "eager"
+    flash_2 = supported["flash_attention_2"] and is_flash_attn_2_available() and model.dtype != "fp32"
+    if padding_free and source.architecture.varlen and torch.cuda.is_available() and model.dtype != "fp32":
+        if flash_2:
+            return "flash_attention_2", "padding_free: flash-attention 2 varlen over the collator's sequence bounds"
+        if varlen_attention.available():
+            return varlen_attention.register(), "padding_free: torch's flash varlen kernel over the collator's " \
+                                                 "sequence bounds (no flash_attn package installed)"
     if not model.use_flash_attention:
         return fallback, "use_flash_attention is false"
     missing = [why for ok, why in (

@@ -13,12 +13,18 @@ from trainer.train import TrainResult
 
 
 def sampler_factory(config: TrainConfig, built):
-    """Per-dataset draws: fixed once (OASST without `use_custom_sampler`) or redrawn every epoch (with it)."""
-    from trainer.data.sampler import PerDatasetSampler, draw_counts
+    """Per-dataset draws: fixed once (OASST without `use_custom_sampler`) or redrawn every epoch (with it); dealt
+    as samples (batches of `per_device_train_batch_size`), or with `padding_free` as token-budget micro-batches."""
+    from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler, draw_counts
 
     data, optim = config.data, config.optim
     lengths = [b.train["length"] for b in built]
     counts = draw_counts(data.datasets, [len(x) for x in lengths])
+    if data.padding_free:
+        budget = data.token_budget(optim.per_device_train_batch_size)
+        return lambda _data, world_size, rank: TokenBudgetBatchSampler(
+            lengths, counts, max_tokens=budget, seed=optim.rng_seed, rank=rank, world_size=world_size,
+            resample=data.use_custom_sampler)
     return lambda _data, world_size, rank: PerDatasetSampler(
         lengths, counts, seed=optim.rng_seed, batch_size=optim.per_device_train_batch_size, rank=rank,
         world_size=world_size, resample=data.use_custom_sampler, sort_by_length=data.sort_by_length)
@@ -31,18 +37,20 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures
     from trainer.formats import FORMATS
-    from trainer.models import load_model
+    from trainer.models import VARLEN_ATTENTIONS, load_model
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
-    tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length,
-                               FORMATS[config.data.prompt_format].required_tokens)
-    loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
-                        deepspeed=config.optim.deepspeed)
+    data = config.data
+    tokenizer = load_tokenizer(config.model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens)
+    loaded = load_model(config.model, config.adapters, tokenizer, max_length=data.max_length,
+                        deepspeed=config.optim.deepspeed, padding_free=data.padding_free)
     if int(os.environ.get("RANK", "0")) == 0:
         print("\n".join(loaded.notes), flush=True)
-    built = build_datasets(config.data, tokenizer)
-    collator = training_collator(config.data, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
+    built = build_datasets(data, tokenizer)
+    one_row = data.token_budget(config.optim.per_device_train_batch_size) \
+        if data.padding_free and loaded.attention in VARLEN_ATTENTIONS else None
+    collator = training_collator(data, tokenizer.pad_token_id, packing_isolation(loaded.model.config), one_row)
     report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
     return train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
                  collator, sampler_factory(config, built), data_report=report, optim=loaded.optimizer,

@@ -69,6 +69,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         remove_unused_columns=False,  # samples go to the collator as the data builder made them
         prediction_loss_only=True,  # evaluation keeps no logits
         average_tokens_across_devices=True,
+        logging_nan_inf_filter=False,  # log the true loss (NaN stays NaN), and no per-step isnan read-back
+        accelerator_config={"non_blocking": cuda},  # pinned batches are copied while the GPU works
+        torch_compile=config.model.compile,
     )
 
 
@@ -76,31 +79,37 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
 class StepPlan:
     """How epochs become optimizer steps, computed the way the Trainer does."""
 
-    batch_size: int
+    micro_batch: str  # what one micro-batch holds at most
+    micro_tokens: int  # its tokens at most
     accumulation: int
     world_size: int
-    max_length: int
-    samples_per_epoch_per_rank: int
+    batches_per_epoch_per_rank: int
     steps_per_epoch: int
     total_steps: int
     epochs: float
 
     @classmethod
-    def of(cls, config: TrainConfig, samples_per_epoch_per_rank: int, world_size: int) -> "StepPlan":
-        optim, epochs = config.optim, config.schedule.num_train_epochs
-        batches = math.ceil(samples_per_epoch_per_rank / optim.per_device_train_batch_size)
+    def of(cls, config: TrainConfig, sampler_length: int, world_size: int) -> "StepPlan":
+        """`sampler_length`: this rank's sampler's length, in samples (or in token-budget micro-batches)."""
+        data, optim, epochs = config.data, config.optim, config.schedule.num_train_epochs
+        if data.padding_free:
+            tokens = data.token_budget(optim.per_device_train_batch_size)
+            micro, batches = f"{tokens:,}-token budget", sampler_length
+        else:
+            tokens = optim.per_device_train_batch_size * data.max_length
+            micro = f"{optim.per_device_train_batch_size} seq × {data.max_length} max_length"
+            batches = math.ceil(sampler_length / optim.per_device_train_batch_size)
         steps_per_epoch = max(math.ceil(batches / optim.gradient_accumulation_steps), 1)
-        return cls(optim.per_device_train_batch_size, optim.gradient_accumulation_steps, world_size,
-                   config.data.max_length, samples_per_epoch_per_rank, steps_per_epoch,
+        return cls(micro, tokens, optim.gradient_accumulation_steps, world_size, batches, steps_per_epoch,
                    math.ceil(epochs * steps_per_epoch), epochs)
 
     def describe(self) -> str:
-        tokens = self.batch_size * self.accumulation * self.max_length * self.world_size
+        tokens = self.micro_tokens * self.accumulation * self.world_size
         ranks = "rank" if self.world_size == 1 else "ranks"
-        return (f"tokens per optimizer step: up to {tokens:,} = {self.batch_size} seq × {self.accumulation} accum × "
-                f"{self.max_length} max_length × {self.world_size} {ranks}; {self.samples_per_epoch_per_rank:,} "
-                f"samples per rank per epoch → {self.steps_per_epoch:,} optimizer steps/epoch × {self.epochs:g} "
-                f"epochs = {self.total_steps:,} steps")
+        return (f"tokens per optimizer step: up to {tokens:,} = {self.micro_batch} × {self.accumulation} accum × "
+                f"{self.world_size} {ranks}; {self.batches_per_epoch_per_rank:,} micro-batches per rank per epoch "
+                f"→ {self.steps_per_epoch:,} optimizer steps/epoch × {self.epochs:g} epochs = {self.total_steps:,} "
+                f"steps")
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,8 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
     trainer = DelphiTrainer(
         model=model, args=args, processing_class=tokenizer, data_collator=collator,
         train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,
-        sampler_factory=sampler_factory, callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
+        sampler_factory=sampler_factory, chunked_loss=config.model.chunked_loss,
+        callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TokenProgressCallback())
 

@@ -13,8 +13,7 @@ does; Falcon (fixed attention classes) and MPT (its own eager attention) do not.
 """
 from __future__ import annotations
 
-import functools
-import inspect
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,12 @@ import torch.nn.functional as F
 NAME = "delphi_varlen"
 
 
-def register_varlen_attention() -> str:
+def available() -> bool:
+    """torch ships its flash varlen kernel (2.9 and later)."""
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def register() -> str:
     """Makes `attn_implementation=NAME` loadable; returns NAME."""
     from transformers import AttentionInterface
 
@@ -55,13 +59,6 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **_causal())
+    from trainer.compat import varlen_causal_kwargs
 
-
-@functools.cache
-def _causal() -> dict:
-    """Early releases of torch's varlen_attn take `is_causal`; later ones say causal as window_size (-1, 0)."""
-    from torch.nn.attention.varlen import varlen_attn
-
-    return {"window_size": (-1, 0)} if "window_size" in inspect.signature(varlen_attn).parameters \
-        else {"is_causal": True}
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **varlen_causal_kwargs())

@@ -18,6 +18,9 @@ class Architecture:
     packing: Isolation  # verified by tests/test_collate.py to keep packed samples apart
     # (vocab_size, hidden, layers, heads, max_positions) -> a transformers config of a tiny model (demo, tests)
     tiny_config: Callable[[int, int, int, int, int], Any]
+    # Its attention hands the collator's `cu_seq_lens` to the attention function (tests/test_packed_attention.py):
+    # a padding-free micro-batch is then one row under a varlen kernel, with no mask and nothing read back.
+    varlen: bool = False
     # Changes to the loaded config before the weights load, given the training max_length; returns notes.
     adapt_config: Callable[[Any, int], list[str]] | None = None
     # Applied to the built model (e.g. settings its class does not read from the config).

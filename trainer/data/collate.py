@@ -36,10 +36,15 @@ def packing_isolation(model_config) -> Isolation:
     return ARCHITECTURES[model_type].packing
 
 
-def training_collator(data, pad_token_id: int, isolation: Isolation = "position_ids") -> "DataCollator":
-    """The collator training uses for a DataConfig; widths round up to a multiple of 8 for GPU matmul tiles."""
-    return DataCollator(pad_token_id, data.max_length, pad_to_multiple_of=8, packing=data.packing,
-                        isolation=isolation)
+def training_collator(data, pad_token_id: int, isolation: Isolation = "position_ids",
+                      one_row: int | None = None) -> "DataCollator":
+    """The collator training uses for a DataConfig; widths round up to a multiple of 8 for GPU matmul tiles.
+
+    `one_row` (a padding-free token budget under a varlen attention kernel) packs each micro-batch into one row of
+    up to that many tokens and hands the kernel the sequence bounds; otherwise padding-free batches are packed
+    into rows of `max_length`, which any isolation can mask."""
+    return DataCollator(pad_token_id, data.max_length, pad_to_multiple_of=8, packing=data.packing or
+                        data.padding_free, isolation=isolation, row_length=one_row, flash_kwargs=one_row is not None)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
 from trainer.data.collate import DataCollator, training_collator
-from trainer.data.sampler import PerDatasetSampler
+from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler
 from trainer.tokens import IGNORE_INDEX
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -46,12 +46,18 @@ def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCol
     """Share of the token slots in the training batches of one epoch that are padding."""
     if len(lengths) == 0:
         return 0.0
-    batch = config.optim.per_device_train_batch_size
-    order = PerDatasetSampler([lengths], [len(lengths)], seed=config.optim.rng_seed, batch_size=batch,
-                              resample=False, sort_by_length=config.data.sort_by_length).epoch_order()[:len(lengths)]
-    ordered = lengths[order]
-    slots = sum(collator.padded_size(ordered[i:i + batch].tolist()) for i in range(0, len(ordered), batch))
-    return 1.0 - float(ordered.sum()) / slots
+    data, optim = config.data, config.optim
+    if data.padding_free:
+        budget = data.token_budget(optim.per_device_train_batch_size)
+        batches = TokenBudgetBatchSampler([lengths], [len(lengths)], max_tokens=budget, seed=optim.rng_seed,
+                                          resample=False).epoch_batches()
+    else:
+        size = optim.per_device_train_batch_size
+        order = PerDatasetSampler([lengths], [len(lengths)], seed=optim.rng_seed, batch_size=size, resample=False,
+                                  sort_by_length=data.sort_by_length).epoch_order()[:len(lengths)]
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+    slots = sum(collator.padded_size(lengths[batch].tolist()) for batch in batches)
+    return 1.0 - float(lengths.sum()) / slots
 
 
 def render_marked(tokenizer, input_ids, labels) -> str:
