@@ -189,8 +189,8 @@ def test_adapter_output_loads_base_plus_adapter_unquantized(tiny_model_dir, toke
     with torch.no_grad():
         expected = peft_model.eval()(ids).logits
         plain_base = AutoModelForCausalLM.from_pretrained(base)(ids).logits
-        merged = load_for_inference(out)
-        unmerged = load_for_inference(out, merge=False)
+        merged = load_for_inference(out, device="cpu")
+        unmerged = load_for_inference(out, device="cpu", merge=False)
         torch.testing.assert_close(merged.model(ids).logits, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(unmerged.model(ids).logits, expected)
     assert not torch.allclose(expected, plain_base, atol=1e-3)

@@ -70,7 +70,7 @@ def test_lora_merge_reproduces_adapter_and_leaves_base_untouched(lora_run, tiny_
     names = {p.name for p in (tmp_path / "merged").iterdir()}
     assert {"model.safetensors", "tokenizer.json", "delphi_export.json", "README.md"} <= names
     assert "adapter_config.json" not in names
-    loaded = load_for_inference(tmp_path / "merged")
+    loaded = load_for_inference(tmp_path / "merged", device="cpu")
     fmt = format_for(loaded.config.data, loaded.tokenizer)
     assert fmt.name == "oasst"
     ids = prompt_ids(loaded.tokenizer, check_prompts(fmt))
@@ -104,7 +104,7 @@ def test_qlora_merges_into_the_unquantized_base(tiny_model_dir, tokenizer, tmp_p
     weights = load_file(tmp_path / "merged" / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert not any(word in k for k in weights for word in ("lora_", "absmax", "quant_", "base_layer"))
-    loaded = load_for_inference(tmp_path / "merged")
+    loaded = load_for_inference(tmp_path / "merged", device="cpu")
     ids = prompt_ids(loaded.tokenizer, check_prompts(format_for(loaded.config.data, loaded.tokenizer)))
     adapter_logits, _ = adapter_reference(run, base, tokenizer)
     for merged, adapted in zip(run_prompts(loaded.model, ids).logits, adapter_logits):

@@ -89,7 +89,7 @@ def test_load_train_and_what_changes(architecture, mode, tiny_model_dir, grown_t
         assert 0 < loaded.trainable_params < loaded.total_params
         assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
-    inputs = batch(grown_tokenizer)
+    inputs = {k: v.to(model.device) for k, v in batch(grown_tokenizer).items()}  # QLoRA: on the GPU if any
     model.train()
     assert not torch.equal(model(**inputs).logits, model(**inputs).logits)  # dropout is live in training
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
