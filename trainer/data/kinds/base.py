@@ -41,3 +41,12 @@ def record_reader(convert: Callable[[dict[str, Any], str, str], Conversation]) -
         return units, {"records_read": count, "samples": len(units)}
 
     return read
+
+
+def turn_list(record: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """`record[key]` of a chat record: a list of message objects, or a DataError naming the field."""
+    value = record.get(key)
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        got = "nothing" if value is None else f"{type(value).__name__} {value!r:.60}"
+        raise DataError(f"{where}: field '{key}' must be a list of message objects, got {got}")
+    return value
