@@ -5,6 +5,7 @@ import json
 import pytest
 
 from trainer.cli import main
+from trainer.formats import build_format
 from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.run_log import read_metrics
 
@@ -14,22 +15,27 @@ from trainer.run_log import read_metrics
     ("mpt", ["--packing", "true"]),
     ("falcon", ["--mode", "lora", "--use_custom_sampler", "true"]),
 ])
-def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tmp_path):
+def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tokenizer, tmp_path):
     section = {"run": {
         "datasets": [{"oasst_export": {"input_file_path": str(REPO_ROOT / "data/oasst/sample_trees.jsonl")}},
-                     {"alpaca": {"input_file_path": str(REPO_ROOT / "data/alpaca/sample.json"), "fraction": 0.5}}],
+                     {"alpaca": {"input_file_path": str(REPO_ROOT / "data/alpaca/sample.json"), "fraction": 0.5}},
+                     {"sharegpt": {"input_file_path": str(REPO_ROOT / "data/sharegpt/sample.json")}}],
         "model_name": str(tiny_model_dir(architecture)), "dtype": "fp32", "max_length": 128,
         "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out"), "report_to": "none",
         "num_train_epochs": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-        "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "eval_steps": 4, "save_steps": 100}}
+        "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "eval_steps": 4, "save_steps": 4}}
     (tmp_path / "run.yaml").write_text(json.dumps(section))
     assert main(["train", "--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
 
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]
     assert steps and all(r["trained_tokens"] > 0 and 0 <= r["padding_fraction"] < 1 for r in steps)
-    for name in ("eval_oasst_export_loss", "eval_alpaca_loss", "eval_loss"):
+    for name in ("eval_oasst_export_loss", "eval_alpaca_loss", "eval_sharegpt_loss", "eval_loss"):
         assert [r[name] for r in rows if name in r], name
     assert (tmp_path / "out" / "resolved_config.yaml").is_file()
     saved = "adapter_config.json" if "lora" in flags else "config.json"
     assert (tmp_path / "out" / saved).is_file()
+    # The tokenizer of the output and of every checkpoint carries the format's chat template.
+    template = build_format("oasst", tokenizer).chat_template()
+    for directory in [tmp_path / "out", *(tmp_path / "out").glob("checkpoint-*")]:
+        assert (directory / "chat_template.jinja").read_text() == template

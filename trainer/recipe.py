@@ -30,11 +30,14 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures
+    from trainer.formats import format_for
     from trainer.models import load_model
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
     tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length)
+    # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
+    tokenizer.chat_template = format_for(config.data, tokenizer).chat_template()
     loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
                         deepspeed=config.optim.deepspeed)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -29,7 +29,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
-    from trainer.models import TORCH_DTYPES
+    from trainer.models import TORCH_DTYPES, set_token_ids
     from trainer.tokens import load_tokenizer
 
     out = Path(out)
@@ -63,6 +63,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
         model = merge.load_full_model(run)
         reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
+    set_token_ids(model, tokenizer, fmt.end_key)
+    tokenizer.chat_template = fmt.chat_template()
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
         "base_model": run.base_model or (run.config.model.model_name if run.config else str(run.path)),

@@ -185,7 +185,8 @@ def write_legacy_tokenizer(tokenizer, out: Path, sequence_length: int) -> None:
                                                            tokenizer.unk_token, tokenizer.pad_token)]}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
     config = {"tokenizer_class": "GPTNeoXTokenizer", "add_prefix_space": False,
-              "model_max_length": sequence_length, "padding_side": "right", **specials}
+              "model_max_length": sequence_length, "padding_side": "right", **specials,
+              "chat_template": tokenizer.chat_template}  # ignored by 4.25.1; read by transformers >= 4.34
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
