@@ -1,6 +1,7 @@
 """`delphi train` (what `trainer_sft.py` runs) end to end in-process: the recipe's wiring of config, data builder,
 sampler, collator (packing included), model loading and training, on the bundled data and tiny real models."""
 import json
+import re
 
 import pytest
 
@@ -11,11 +12,11 @@ from trainer.run_log import read_metrics
 
 
 @pytest.mark.parametrize("architecture,flags", [
-    ("gpt_neox", ["--packing", "true", "--sort_by_length", "true"]),
+    ("gpt_neox", ["--packing", "true", "--sort_by_length", "true", "--show_dataset_stats"]),
     ("mpt", ["--packing", "true"]),
     ("falcon", ["--mode", "lora", "--use_custom_sampler", "true"]),
 ])
-def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tokenizer, tmp_path):
+def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_dir, tokenizer, tmp_path, capsys):
     section = {"run": {
         "datasets": [{"oasst_export": {"input_file_path": str(REPO_ROOT / "data/oasst/sample_trees.jsonl")}},
                      {"alpaca": {"input_file_path": str(REPO_ROOT / "data/alpaca/sample.json"), "fraction": 0.5}},
@@ -26,6 +27,11 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
         "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "eval_steps": 4, "save_steps": 4}}
     (tmp_path / "run.yaml").write_text(json.dumps(section))
     assert main(["train", "--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert ("Training dataset sizes (before sampling):" in out) == ("--show_dataset_stats" in flags)
+    if "--show_dataset_stats" in flags:  # OASST's stats: sizes with shares, then the per-epoch draws
+        assert re.search(r"^sharegpt: 24 \(\d+\.\d\d%\)$", out, re.M) and "Total eval: " in out
+        assert re.search(r"^alpaca: 2\d of [45]\d \(fraction 0\.50\)$", out, re.M)
 
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]

@@ -12,13 +12,13 @@ from trainer.config import TrainConfig
 from trainer.train import TrainResult
 
 
-def sampler_factory(config: TrainConfig, built):
-    """Per-dataset draws: fixed once (OASST without `use_custom_sampler`) or redrawn every epoch (with it)."""
-    from trainer.data.sampler import PerDatasetSampler, draw_counts
+def sampler_factory(config: TrainConfig, built, counts: Sequence[int]):
+    """Per-dataset draws of `counts` samples: fixed once (OASST without `use_custom_sampler`) or redrawn every
+    epoch (with it)."""
+    from trainer.data.sampler import PerDatasetSampler
 
     data, optim = config.data, config.optim
     lengths = [b.train["length"] for b in built]
-    counts = draw_counts(data.datasets, [len(x) for x in lengths])
     return lambda _data, world_size, rank: PerDatasetSampler(
         lengths, counts, seed=optim.rng_seed, batch_size=optim.per_device_train_batch_size, rank=rank,
         world_size=world_size, resample=data.use_custom_sampler, sort_by_length=data.sort_by_length)
@@ -29,7 +29,8 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them)."""
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
-    from trainer.data.report import dataset_figures
+    from trainer.data.report import dataset_figures, dataset_stats
+    from trainer.data.sampler import draw_counts
     from trainer.formats import format_for
     from trainer.models import load_model
     from trainer.tokens import load_tokenizer
@@ -40,11 +41,15 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     tokenizer.chat_template = format_for(config.data, tokenizer).chat_template()
     loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
                         deepspeed=config.optim.deepspeed)
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
         print("\n".join(loaded.notes), flush=True)
     built = build_datasets(config.data, tokenizer)
+    counts = draw_counts(config.data.datasets, [len(b.train) for b in built])
+    if rank0 and config.logging.shows_dataset_stats:
+        print(dataset_stats(built, counts, config.data.use_custom_sampler), flush=True)
     collator = training_collator(config.data, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
     report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
     return train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
-                 collator, sampler_factory(config, built), data_report=report, optim=loaded.optimizer,
+                 collator, sampler_factory(config, built, counts), data_report=report, optim=loaded.optimizer,
                  callbacks=callbacks)

@@ -6,6 +6,7 @@ One object with the same methods whether or not wandb is on (a null-object logge
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,7 +39,10 @@ class RunLog:
         if logging.wants_wandb:
             import wandb
 
-            run = wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, name=logging.wandb_run_name,
+            # Under a wandb agent the controller names each run; OASST's name would give every trial the same one.
+            name = logging.wandb_run_name or (None if os.environ.get("WANDB_SWEEP_ID")
+                                              else logging.oasst_run_name(run_config.get("model_name")))
+            run = wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, name=name,
                              group=logging.wandb_group, tags=logging.tags or None, config=run_config)
         return cls(output_dir / "metrics.jsonl", run)
 

@@ -18,7 +18,7 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.config import TrainConfig, write_resolved
+from trainer.config import RESUME_LAST, TrainConfig, write_resolved
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.paths import bundled
@@ -128,8 +128,16 @@ class TrainResult:
 
 
 def resume_point(config: TrainConfig) -> str | None:
-    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None."""
+    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None;
+    `last` (OASST's bare flag) is the newest checkpoint in output_dir, which must then exist."""
     out = config.outputs
+    if out.resume_from_checkpoint == RESUME_LAST:
+        directory = Path(out.output_dir)
+        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint: {RESUME_LAST}, but output_dir {directory} holds no "
+                              f"checkpoint-N directory to resume from")
+        return last
     if out.resume_from_checkpoint:
         path = Path(out.resume_from_checkpoint)
         if not path.is_dir():

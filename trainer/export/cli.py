@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, RunError
-from trainer.export.source import EXPORT_RECORD, RESOLVED_CONFIG, read_run
 from trainer.export.target import WriteOptions
 from trainer.export.targets import TARGETS
 
@@ -29,6 +28,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
+    from trainer.export.source import RESOLVED_CONFIG, read_run
     from trainer.models import TORCH_DTYPES, set_token_ids
     from trainer.tokens import load_tokenizer
 
@@ -118,6 +118,8 @@ def parse_args(argv: list[str]):
 def main(argv: list[str]) -> int:
     """`delphi export`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
     args = parse_args(argv)
+    from trainer.export.source import EXPORT_RECORD
+
     result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
                     args.sequence_length, args.verify)
     print(f"exported to {result.out} ({EXPORT_RECORD}, README.md)")

@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer.data.conversation import PROMPTER, Turn
 from trainer.errors import ConfigError
 from trainer.export.target import ExportTarget, WriteOptions
@@ -132,6 +130,7 @@ def write_ipu(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[s
 
 def safetensors_to_bin(out: Path) -> None:
     """`model*.safetensors` -> `pytorch_model*.bin`, the index renamed and pointing at the new files."""
+    import torch
     from safetensors.torch import load_file
 
     index = out / "model.safetensors.index.json"

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import yaml
 
-from trainer.sweep.report import write_report
 from trainer.sweep.spec import load_sweep
 from trainer.sweep.trials import run_sweep
 from trainer.sweep.wandb_sweep import wandb_config
@@ -27,6 +26,8 @@ def main(argv: list[str]) -> int:
     report = sub.add_parser("report", help="table and plots of a sweep directory")
     report.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
+    from trainer.sweep.report import write_report  # reads metrics through the trainer's run log (transformers)
+
     if args.command == "report":
         for path in write_report(args.sweep_dir):
             print(path)
