@@ -18,19 +18,51 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CHECKOUT, timeout=300)
 
 
+BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
 def test_bitsandbytes_kernel_message_is_dropped_and_only_it():
-    """Upstream: importing bitsandbytes logs the message on `BNB_CPU_LOGGER` (on CPUs with AVX512-BF16 and without
-    the `kernels` package); with the filter installed first, that message is gone and the logger still works."""
+    """Upstream: importing bitsandbytes logs the message (on CPUs with AVX512-BF16 and without the `kernels`
+    package); with the filters installed first, that message is gone and the logger still works."""
     upstream = python("import bitsandbytes.backends.cpu.ops as ops, importlib.util, sys\n"
                       "sys.exit(0 if ops.has_avx512bf16() and not importlib.util.find_spec('kernels') else 3)")
     if upstream.returncode == 3:
         pytest.skip("this machine's bitsandbytes has no reason to log the kernel message (no AVX512-BF16, or "
                     "`kernels` is installed)")
-    assert compat.BNB_KERNEL_MESSAGE in upstream.stderr
-    quiet = python("import logging\nfrom trainer import compat\ncompat.quiet_bitsandbytes_import()\n"
+    assert compat.BNB_KERNEL_MESSAGE in upstream.stderr and compat.DROPPED_MESSAGES[BNB_LOGGER]
+    quiet = python("import logging\nfrom trainer import compat\ncompat.quiet_library_messages()\n"
                    "import bitsandbytes\n"
-                   f"logging.getLogger({compat.BNB_CPU_LOGGER!r}).warning('still here')")
+                   f"logging.getLogger({BNB_LOGGER!r}).warning('still here')")
     assert compat.BNB_KERNEL_MESSAGE not in quiet.stderr and "still here" in quiet.stderr
+
+
+def test_checkpoint_rotation_blames_the_filesystem_for_checkpoints_a_second_apart(tmp_path):
+    """Upstream: the Trainer rotates checkpoints by mtime, and checkpoints saved less than a second apart (any fast
+    run) make it log MTIME_MESSAGE although the filesystem is fine; it then sorts by step, which is right."""
+    import inspect
+    import logging
+
+    from transformers import Trainer, trainer_utils
+
+    assert "use_mtime=True" in inspect.getsource(Trainer._save_checkpoint)
+    assert compat.MTIME_MESSAGE in inspect.getsource(trainer_utils.sort_checkpoints)
+    for step in (10, 2):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert trainer_utils.sort_checkpoints(str(tmp_path), use_mtime=True) == \
+        [str(tmp_path / "checkpoint-2"), str(tmp_path / "checkpoint-10")]
+
+    compat.quiet_library_messages()
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger(trainer_utils.__name__)
+    logger.addHandler(handler)
+    try:
+        logger.warning(compat.MTIME_MESSAGE + ", falling back to numerical ordering")
+        logger.warning("other messages pass")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["other messages pass"]
 
 
 def test_peft_model_init_reads_the_deprecated_checkpointing_flag(tiny_model_dir):

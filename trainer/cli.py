@@ -156,7 +156,7 @@ def guarded(command: Callable[[list[str]], int], argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer import compat
 
-    compat.quiet_bitsandbytes_import()  # before any command imports transformers' Trainer or peft
+    compat.quiet_library_messages()  # before any command imports transformers' Trainer or peft
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: delphi COMMAND [options]   (delphi COMMAND --help for each)\n\n{USAGE}")

@@ -158,8 +158,32 @@ def quiet_peft_model_init() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------
 # bitsandbytes
 
-BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+def keep_4bit_weights_trainable(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight into an inference-only layout at
+    its first no-grad eval forward and never packs it back, so the next training step (after any evaluation)
+    fails in its forward. Turning that repacking off keeps the one layout that trains."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Library log messages that are not true of Delphi's runs
+
 BNB_KERNEL_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+MTIME_MESSAGE = "mtime may not be reliable on this filesystem"
+# logger -> the start of the one message dropped from it.
+DROPPED_MESSAGES = {
+    # bitsandbytes 0.50 logs this at import on CPUs with AVX512-BF16 when the optional `kernels` package (an
+    # optimised 4-bit CPU kernel fetched from the hub) is missing; transformers' Trainer and peft import it, so every
+    # command printed it, although the built-in fallback is what runs, and what Delphi is tested with.
+    "bitsandbytes.backends.cpu.ops": BNB_KERNEL_MESSAGE,
+    # transformers 5.24 rotates checkpoints by mtime and, when the oldest and newest are less than a second apart
+    # (any fast run), blames the filesystem, which is fine; it then falls back to step order, which is right.
+    "transformers.trainer_utils": MTIME_MESSAGE,
+}
 
 
 class _DropMessage(logging.Filter):
@@ -171,25 +195,13 @@ class _DropMessage(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
-def quiet_bitsandbytes_import() -> None:
-    """bitsandbytes 0.50 logs, at import and on CPUs with AVX512-BF16, that it could not fetch an optional 4-bit CPU
-    kernel from the hub (the `kernels` package); transformers' Trainer and peft import it, so every Delphi command
-    printed it, although the built-in fallback is what runs (and what Delphi is tested with). A filter on that one
-    logger drops that one message; it must be installed before bitsandbytes is first imported. Idempotent."""
-    logger = logging.getLogger(BNB_CPU_LOGGER)
-    if not any(isinstance(f, _DropMessage) for f in logger.filters):
-        logger.addFilter(_DropMessage(BNB_KERNEL_MESSAGE))
-
-
-def keep_4bit_weights_trainable(model) -> None:
-    """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight into an inference-only layout at
-    its first no-grad eval forward and never packs it back, so the next training step (after any evaluation)
-    fails in its forward. Turning that repacking off keeps the one layout that trains."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+def quiet_library_messages() -> None:
+    """A filter on each logger of `DROPPED_MESSAGES` that drops that one message; installed by the entry points
+    before any library is imported (bitsandbytes logs at import). Idempotent."""
+    for name, prefix in DROPPED_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
 
 
 # ----------------------------------------------------------------------------------------------------------

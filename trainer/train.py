@@ -22,7 +22,7 @@ from trainer.config import RESUME_LAST, TrainConfig, write_resolved
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.paths import bundled
-from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
+from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
 
@@ -161,7 +161,7 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,
         sampler_factory=sampler_factory, callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(TokenProgressCallback())
+    trainer.add_callback(TokenProgressCallback(tuple(evals)))
 
     plan = StepPlan.of(config, len(trainer.train_sampler), args.world_size)
     resume = resume_point(config)
@@ -172,8 +172,9 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
                          **{f"data/{k}": v for k, v in (data_report or {}).items()}})
 
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
+    with quiet_weight_bars():
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(output_dir))
     figures = trainer.throughput()
     if trainer.is_world_process_zero():
         write_resolved(config, output_dir)
