@@ -73,12 +73,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="delphi chat", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a training output or an exported model directory")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; 1 = the model's distribution")
-    parser.add_argument("--k", type=int, default=5, help="top-k; 0 disables it (default 5)")
+    parser.add_argument("--k", type=int, default=5, help="top-k; 0 disables it")
     parser.add_argument("--output_length", type=int_or_none, default=None,
-                        help="most new tokens per reply; none (default) = until the end key or the context is full")
+                        help="most new tokens per reply; none = until the end key or the context is full")
     parser.add_argument("--system", default=None,
-                        help="system prompt; \"\" for none (default: the one trained with, if use_system_prefix "
-                             "was on)")
+                        help="system prompt; \"\" for none; none = the one trained with, if use_system_prefix was on")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     return parser.parse_args(argv)
 

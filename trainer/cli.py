@@ -24,9 +24,22 @@ from trainer.schema import dashes_to_underscores
 USAGE = __doc__.split("\n\n")[1]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; an option's default after its help, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the non-config commands, with the same spelling rules as the config flags and errors that
-    go through the one wrapper."""
+    """argparse for the non-config commands, with the same spelling rules as the config flags, defaults in
+    `--help`, and errors that go through the one wrapper."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
         return super().parse_args(dashes_to_underscores(sys.argv[1:] if args is None else args), namespace)

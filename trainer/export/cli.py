@@ -105,11 +105,11 @@ def parse_args(argv: list[str]):
     p.add_argument("out", help="the export directory to create (must not exist or be empty)")
     p.add_argument("--target", choices=tuple(TARGETS), default="hf",
                    help="; ".join(f"{name}: {t.loaded_by}" for name, t in TARGETS.items()))
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="the exported weights' dtype")
     p.add_argument("--base_model", help="the adapter's base, when resolved_config.yaml's model_name is not found")
     p.add_argument("--max_shard_size", default="10GB", help="weights are split into files of at most this size")
-    p.add_argument("--sequence_length", type=int, help="ipu: the pipeline's compiled length (default: the run's "
-                   "max_length, at most 2048)")
+    p.add_argument("--sequence_length", type=int, help="ipu: the pipeline's compiled length; none: the run's "
+                   "max_length, at most 2048")
     p.add_argument("--verify", action="store_true",
                    help="ipu: load the export with transformers 4.25.1 (scripts/setup_ipu_env.sh) and compare")
     return p.parse_args(argv)

@@ -89,8 +89,8 @@ def build_chat_template(fmt: PromptFormat) -> str:
         "{%- elif (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}",
         _fail_at("is from ", "; messages must alternate user/assistant, starting with user (after an optional "
                  "system message)"),
-        "{%- elif message['role'] == 'user' and loop.index0 == 0 -%}",
-        user_block(0),
+        *(["{%- elif message['role'] == 'user' and loop.index0 == 0 -%}", user_block(0)]
+          if prompts[0] != prompts[1] else []),  # airoboros: the first prompt has a leading space
         "{%- elif message['role'] == 'user' -%}",
         user_block(1),
         "{%- else -%}",
