@@ -139,9 +139,10 @@ def runtime_line(logs: dict[str, Any]) -> str:
     """The Trainer's end-of-training figures (`train_runtime`, ...) in words."""
     minutes, seconds = divmod(logs["train_runtime"], 60)
     took = f"{int(minutes)} min {seconds:.0f} s" if minutes else f"{seconds:.1f} s"
-    return (f"trained for {logs.get('epoch', 0):g} epochs in {took}: {logs['train_samples_per_second']:.1f} "
-            f"samples/s, {logs['train_steps_per_second']:.2f} optimizer steps/s, mean training loss "
-            f"{logs['train_loss']:.3f}")
+    epochs = logs.get("epoch", 0)
+    return (f"trained for {epochs:g} epoch{'' if epochs == 1 else 's'} in {took}: "
+            f"{logs['train_samples_per_second']:.1f} samples/s, {logs['train_steps_per_second']:.2f} optimizer "
+            f"steps/s, mean training loss {logs['train_loss']:.3f}")
 
 
 @contextmanager
