@@ -27,7 +27,12 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
         "learning_rate": 1e-3, "warmup_steps": 0, "logging_steps": 1, "eval_steps": 4, "save_steps": 4}}
     (tmp_path / "run.yaml").write_text(json.dumps(section))
     assert main(["train", "--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # The console: one line per evaluation and one for the end of training, never the Trainer's raw dicts.
+    assert re.search(r"^eval step 4: oasst_export \d+\.\d{3} · alpaca \d+\.\d{3} · sharegpt \d+\.\d{3} · mean "
+                     r"\d+\.\d{3}$", out, re.M)
+    assert re.search(r"^trained for 1 epoch in [\d.]+ s: .* mean training loss \d+\.\d{3}$", out, re.M)
+    assert "{'" not in out + err
     assert ("Training dataset sizes (before sampling):" in out) == ("--show_dataset_stats" in flags)
     if "--show_dataset_stats" in flags:  # OASST's stats: sizes with shares, then the per-epoch draws
         assert re.search(r"^sharegpt: 24 \(\d+\.\d\d%\)$", out, re.M) and "Total eval: " in out
