@@ -3,8 +3,8 @@
 Tested against the versions `pyproject.toml` pins (transformers 5.24, peft 0.21, bitsandbytes 0.50,
 huggingface_hub 2.4, accelerate 1.15). `tests/test_compat.py` checks, for each item, that upstream still behaves
 the way the workaround assumes, so an upgrade that fixes or changes it fails there, in one place, instead of
-silently somewhere in a run. torch is imported where it is used, so that the entry points can install the console
-filter below (and answer `--help`) before any heavy library loads.
+silently somewhere in a run. torch is imported where it is used, so that the entry points can install the log
+filters below (and answer `--help`) before any heavy library loads.
 """
 from __future__ import annotations
 

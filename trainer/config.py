@@ -25,7 +25,7 @@ from trainer.errors import ConfigError
 from trainer.formats import FORMATS
 from trainer.paths import CONFIG_DIR
 from trainer.schema import (at_least, build, check, comma_list, dashes_to_underscores, fields_of, finite_positive,
-                            nearest, option, type_name)
+                            nearest, option, optional, type_name)
 
 # OASST `config.yaml` keys (and `trainer_sft.py` flags) that Delphi deliberately does not have, with what to do
 # instead.
@@ -565,11 +565,15 @@ def _field_type(key: str):
     return TYPE_HINTS[KEY_GROUP[key]][key]
 
 
+def _field(key: str) -> dataclasses.Field:
+    return fields_of(GROUPS[KEY_GROUP[key]][1])[key]
+
+
 def _bare_flag(key: str, where: str) -> str:
     """What `--key` alone means: true for switches, the key's declared flag value, else an error."""
     if _field_type(key) is bool:
         return "true"
-    flag = fields_of(GROUPS[KEY_GROUP[key]][1])[key].metadata.get("flag")
+    flag = _field(key).metadata.get("flag")
     if flag is None:
         raise ConfigError(f"{where}: '{key}' needs a value ({type_name(_field_type(key))})")
     return flag
@@ -582,11 +586,10 @@ def _negated(key: str, where: str) -> Any:
     kind = _field_type(key)
     if kind is bool:
         return False
-    if "none" in type_name(kind):
+    if optional(kind):
         return None
-    default = fields_of(GROUPS[KEY_GROUP[key]][1])[key].default
-    raise ConfigError(f"{where}: '{key}' cannot be unset (it is {type_name(kind)}, default {default!r}); give a "
-                      f"value with --{key} VALUE")
+    raise ConfigError(f"{where}: '{key}' cannot be unset (it is {type_name(kind)}, default {_field(key).default!r}); "
+                      f"give a value with --{key} VALUE")
 
 
 def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainConfig:

@@ -73,6 +73,12 @@ _TRUE = {"true", "yes", "y", "on", "1", "t"}
 _FALSE = {"false", "no", "n", "off", "0", "f"}
 
 
+def optional(annotation: Any) -> bool:
+    """`X | None`: a key whose value may be none."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and type(None) in typing.get_args(annotation)
+
+
 def type_name(annotation: Any) -> str:
     """`int`, `str or none`, ... for messages and --help."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
