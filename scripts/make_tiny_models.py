@@ -18,6 +18,9 @@ def main() -> None:
     if all((out / a / "config.json").is_file() for a in ARCHITECTURES):
         print(f"tiny models already in {out}")
         return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per model below says what was written
     texts = [line for p in sorted((REPO_ROOT / "data").rglob("*")) if p.is_file()
              for line in p.read_text(encoding="utf-8").splitlines()]
     tokenizer = train_tokenizer(texts)

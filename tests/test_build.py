@@ -16,13 +16,16 @@ from trainer.errors import DataError
 @pytest.fixture
 def workspace(tmp_path, tokenizer):
     """Copies of the bundled datasets, a tokenizer directory and a config section that uses them."""
-    for name in ("oasst/sample_trees.jsonl", "alpaca/sample.json", "airoboros/sample.jsonl"):
+    for name in ("oasst/sample_trees.jsonl", "alpaca/sample.json", "airoboros/sample.jsonl", "messages/sample.jsonl",
+                 "sharegpt/sample.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "data" / name, tmp_path / name)
     tokenizer.save_pretrained(tmp_path / "tok")
     section = {"datasets": [{"oasst_export": {"input_file_path": str(tmp_path / "oasst/sample_trees.jsonl")}},
                             {"alpaca": {"input_file_path": str(tmp_path / "alpaca/sample.json")}},
-                            {"airoboros": {"input_file_path": str(tmp_path / "airoboros/sample.jsonl")}}],
+                            {"airoboros": {"input_file_path": str(tmp_path / "airoboros/sample.jsonl")}},
+                            {"messages": {"input_file_path": str(tmp_path / "messages/sample.jsonl")}},
+                            {"sharegpt": {"input_file_path": str(tmp_path / "sharegpt/sample.json")}}],
                "model_name": str(tmp_path / "tok"), "cache_dir": str(tmp_path / "cache"), "max_length": 128,
                "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4}
     (tmp_path / "exp.yaml").write_text(json.dumps({"exp": section}))
@@ -35,7 +38,7 @@ def config_for(workspace, *flags):
 
 def test_build_gives_masked_samples_for_every_dataset(workspace, tokenizer):
     built = build_datasets(config_for(workspace).data, tokenizer)
-    assert [b.name for b in built] == ["oasst_export", "alpaca", "airoboros"]
+    assert [b.name for b in built] == ["oasst_export", "alpaca", "airoboros", "messages", "sharegpt"]
     for b in built:
         assert len(b.train) > 0 and len(b.val) > 0 and not b.from_cache
         for row in b.train:
@@ -60,7 +63,7 @@ def test_second_build_reuses_the_cache_and_changes_rebuild_it(workspace, tokeniz
     with open(workspace / "airoboros/sample.jsonl", "a") as f:
         f.write(json.dumps({"instruction": "One more?", "response": "Yes, one more."}) + "\n")
     changed_file = build_datasets(config.data, tokenizer)
-    assert [b.from_cache for b in changed_file] == [True, True, False]
+    assert [b.from_cache for b in changed_file] == [True, True, False, True, True]
     assert changed_file[2].counts["records_read"] == first[2].counts["records_read"] + 1
 
     shorter = build_datasets(config_for(workspace, "--max_length", "64").data, tokenizer)
@@ -116,7 +119,7 @@ def test_data_command_prints_the_report_and_writes_it_with_the_resolved_config(w
     out = capsys.readouterr().out
     assert "== oasst_export (built" in out and "trees_dropped_lang" in out and "⟦" in out
     report = json.loads((workspace / "out/data_report.json").read_text())
-    assert set(report) == {"oasst_export", "alpaca", "airoboros"}
+    assert set(report) == {"oasst_export", "alpaca", "airoboros", "messages", "sharegpt"}
     assert (workspace / "out/resolved_config.yaml").is_file() and (workspace / "d.jsonl").is_file()
     assert data_main(argv[:4]) == 0
     assert "== oasst_export (cache" in capsys.readouterr().out

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from trainer.chat import ChatSession, chat_format, fit_history, main
+from trainer.chat import main
+from trainer.chat_session import ChatSession, chat_format, fit_history
 from trainer.cli import guarded
 from trainer.config import TrainConfig, write_resolved
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn

@@ -14,6 +14,8 @@ from trainer.config import TrainConfig, write_resolved
 from trainer.errors import ConfigError, RunError
 from trainer.export.check import check_prompts, prompt_ids, run_prompts
 from trainer.export.cli import export
+from trainer.data.conversation import ASSISTANT, PROMPTER, Turn
+from trainer.data.tokenize import SegmentEncoder, encode_prompt
 from trainer.formats import build_format, format_for
 from trainer.inference import load_for_inference
 from trainer.paths import CHECKOUT as REPO_ROOT
@@ -80,6 +82,42 @@ def test_lora_merge_reproduces_adapter_and_leaves_base_untouched(lora_run, tiny_
         torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
         assert (adapted - plain).abs().max() > 1e-3  # the adapter is trained, so the merge is not a no-op
     assert not any("lora" in k for k in loaded.model.state_dict())
+
+
+def test_hf_export_carries_the_chat_template_and_the_token_ids(lora_run, tokenizer, tmp_path):
+    """What transformers, vLLM and TGI read: the template renders the trained format token for token, the pad and
+    eos ids are in both configs (the tiny base has no pad id), and tokenizer_config.json is in the 4.x form."""
+    from transformers import AutoTokenizer
+
+    out = export(lora_run, tmp_path / "hf", target="hf", dtype="fp32").out
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    for name in ("config.json", "generation_config.json"):
+        saved = json.loads((out / name).read_text())
+        assert {k: saved[k] for k in ids} == ids, name
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tokenizer_config["chat_template"] == (out / "chat_template.jinja").read_text()
+    loaded = AutoTokenizer.from_pretrained(out)
+    fmt = format_for(TrainConfig.of().data, loaded)
+    history = [Turn(PROMPTER, "What is a meme?"), Turn(ASSISTANT, "A unit of culture."), Turn(PROMPTER, "Who?")]
+    messages = [{"role": "user" if t.role == PROMPTER else "assistant", "content": t.text} for t in history]
+    assert loaded.apply_chat_template(messages, add_generation_prompt=True)["input_ids"] == \
+        encode_prompt(history, fmt, SegmentEncoder(loaded), None).tolist()
+    assert "apply_chat_template" in (out / "README.md").read_text()
+
+
+def test_plain_format_export_stops_at_the_newline_it_was_trained_to_end_with(tiny_model_dir, tokenizer, tmp_path):
+    """A `plain` model ends replies with a newline, never eos: servers must stop there too."""
+    from trainer.tiny import save_tiny_model
+
+    run = save_tiny_model(tmp_path / "run", "gpt_neox", tokenizer)
+    write_resolved(TrainConfig.of(model_name=str(tiny_model_dir("gpt_neox")), prompt_format="plain"), run)
+    out = export(run, tmp_path / "hf", target="hf", dtype="fp32").out
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    assert len(newline) == 1
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [tokenizer.eos_token_id, newline[0]]
+    assert "Assistant: " in (out / "chat_template.jinja").read_text()
 
 
 def test_double_merge_is_refused(lora_run, tmp_path):
@@ -155,6 +193,8 @@ def test_ipu_export_of_neox20b_vocab_loads_in_transformers_4_25(neox20b_tokenize
     assert all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
     specials = json.loads((out / "special_tokens_map.json").read_text())
     assert specials["pad_token"] == "<|padding|>" and "<|prompter|>" in specials["additional_special_tokens"]
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())  # 4.25.1 loaded it above
+    assert tokenizer_config["chat_template"] == build_format("oasst", neox20b_tokenizer).chat_template()
     pipeline = result.record["ipu_pipeline"]
     assert pipeline["prompt_format"] == "<|prompter|>{instruction}<|endoftext|><|assistant|>"
     assert (pipeline["vocab_size"], pipeline["sequence_length"], pipeline["end_key"]) == (50_288, 512, "<|endoftext|>")

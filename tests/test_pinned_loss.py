@@ -16,8 +16,9 @@ from trainer.recipe import run
 from trainer.run_log import read_metrics
 
 # Training loss at optimizer steps 1-4 and the eval loss after step 4, on this repository's CPU reference runs.
-PINNED_LOSSES = [6.937753, 6.939267, 6.897859, 6.845971]
-PINNED_EVAL = {"eval_oasst_export_loss": 6.843216, "eval_alpaca_loss": 6.850186}
+# The tiny model and its tokenizer are trained from data/: a new bundled dataset moves them (re-pin, say so).
+PINNED_LOSSES = [6.928747, 6.919004, 6.892834, 6.851476]
+PINNED_EVAL = {"eval_oasst_export_loss": 6.848853, "eval_alpaca_loss": 6.842744}
 
 
 def test_the_tiny_reference_run_reproduces_its_pinned_losses(tiny_model_dir, tmp_path):

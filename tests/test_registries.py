@@ -28,12 +28,13 @@ class ChatMLFormat(PromptFormat):
     name = "chatml"
     required_tokens = ("<|im_start|>", "<|im_end|>")
     end_key = "<|im_end|>"
+    assistant_cue = "<|im_start|>assistant\n"
 
     def header(self, first: Turn, system: str | None) -> list[Segment]:
         return [] if system is None else [Segment(f"<|im_start|>system\n{system}<|im_end|>\n", False)]
 
     def prompt(self, turn: Turn, index: int) -> list[Segment]:
-        return [Segment(f"<|im_start|>user\n{turn.text}<|im_end|>\n<|im_start|>assistant\n", False)]
+        return [Segment(f"<|im_start|>user\n{turn.text}<|im_end|>\n{self.assistant_cue}", False)]
 
     def reply(self, turn: Turn) -> list[Segment]:
         return [Segment(turn.text, True), Segment("<|im_end|>", True), Segment("\n", False)]
@@ -116,7 +117,7 @@ def test_the_help_and_the_errors_list_registered_members(registered, capsys):
     from trainer.help import config_help
 
     text = config_help("delphi train", [])
-    assert "{oasst,airoboros,alpaca,plain,chatml}" in text and "  qa (hub None, val_split 0.25)" in text
+    assert "{oasst,airoboros,alpaca,plain,chatml}" in text and "  qa (no hub default, val_split 0.25" in text
     assert TrainConfig.of(prompt_format="chatml").data.prompt_format == "chatml"
     with pytest.raises(Exception, match="unknown dataset 'qaa' .*did you mean 'qa'"):
         TrainConfig.of(datasets=[{"qaa": {"input_file_path": str(CHECKOUT / "x.jsonl")}}])

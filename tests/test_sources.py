@@ -275,7 +275,7 @@ def test_bundled_samples_load_through_the_demo_config():
     config = load_config(["--configs", "demo-data"])
     loaded = {ds.name: load_source(ds, config.data.cache_dir) for ds in config.data.datasets}
     assert {name: d.counts["train"] + d.counts["val"] for name, d in loaded.items()} == {
-        "oasst_export": 73, "alpaca": 62, "airoboros": 40}
+        "oasst_export": 73, "alpaca": 62, "airoboros": 40, "messages": 30, "sharegpt": 30}
     for data in loaded.values():
         assert data.val and data.train and data.counts["bad_records_skipped"] == 0
         assert all(c.turns[-1].role == ASSISTANT for c in data.train + data.val)

@@ -13,31 +13,33 @@ training on many processes, from any directory once Delphi is installed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from trainer.errors import ConfigError, DelphiError
+from trainer.schema import dashes_to_underscores
 
 USAGE = __doc__.split("\n\n")[1]
 
 
-def dashes_to_underscores(argv: Sequence[str]) -> list[str]:
-    """`--wandb-entity x` and `--wandb_entity=x` name the same option; `--no-KEY` keeps its dash after `no`."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            negated = name.startswith("no-")
-            name = ("no-" if negated else "") + name[3 if negated else 0:].replace("-", "_")
-            arg = f"--{name}{eq}{value}"
-        out.append(arg)
-    return out
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; an option's default after its help, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the non-config commands, with the same spelling rules as the config flags and errors that
-    go through the one wrapper."""
+    """argparse for the non-config commands, with the same spelling rules as the config flags, defaults in
+    `--help`, and errors that go through the one wrapper."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
         return super().parse_args(dashes_to_underscores(sys.argv[1:] if args is None else args), namespace)
@@ -55,13 +57,32 @@ def train_command(argv: list[str]) -> int:
     from trainer.help import config_help
 
     if wants_help(argv):
-        print(config_help("delphi train", argv))
+        print(config_help("delphi train", argv, extra={
+            "--local_rank N": "the rank the deepspeed launcher appends (OASST's flag); it must match LOCAL_RANK, "
+                              "which deepspeed and torchrun set and Delphi reads"}))
         return 0
     from trainer.recipe import run
 
-    # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
-    run(resolve(split_argv(argv, extra_options={"local_rank": True})))
+    args = split_argv(argv, extra_options={"local_rank": True})
+    check_local_rank(args.extra.get("local_rank"), os.environ.get("LOCAL_RANK"))
+    run(resolve(args))
     return 0
+
+
+def check_local_rank(flag: str | None, environment: str | None) -> None:
+    """OASST's `--local_rank N`: the launchers pass the rank both as this flag and as LOCAL_RANK, which is what
+    Delphi (through accelerate) reads; a flag that disagrees with it, or a rank without a launcher, is an error
+    rather than a value silently ignored. -1 is OASST's "not distributed"."""
+    if flag is None or flag == "-1":
+        return
+    if not flag.isdigit():
+        raise ConfigError(f"command line --local_rank: expected a rank (0 or more, or -1), got {flag!r}")
+    if environment is None and flag != "0":
+        raise ConfigError(f"command line --local_rank {flag}: no launcher set LOCAL_RANK; start the ranks with "
+                          f"torchrun or deepspeed, which pass it")
+    if environment is not None and environment != flag:
+        raise ConfigError(f"command line --local_rank {flag} disagrees with LOCAL_RANK={environment} from the "
+                          f"launcher")
 
 
 DATA_OPTIONS = {"examples": True, "dump": True, "rebuild": False}
@@ -148,6 +169,9 @@ def guarded(command: Callable[[list[str]], int], argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from trainer import compat
+
+    compat.quiet_library_messages()  # before any command imports transformers' Trainer or peft
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: delphi COMMAND [options]   (delphi COMMAND --help for each)\n\n{USAGE}")

@@ -3,18 +3,23 @@
 Tested against the versions `pyproject.toml` pins (transformers 5.24, peft 0.21, bitsandbytes 0.50,
 huggingface_hub 2.4, accelerate 1.15). `tests/test_compat.py` checks, for each item, that upstream still behaves
 the way the workaround assumes, so an upgrade that fixes or changes it fails there, in one place, instead of
-silently somewhere in a run.
+silently somewhere in a run. torch is imported where it is used, so that the entry points can install the log
+filters below (and answer `--help`) before any heavy library loads.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import json
+import logging
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 HUB_TIMEOUT_VARIABLES = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
 
@@ -37,6 +42,8 @@ class TrainerSeams:
         yields this rank's indices, or (`batches`) this rank's lists of indices. `accelerator.prepare` wraps it in
         a `BatchSamplerShard` that would shard it again; made a pass-through, as transformers 5.24 does for its own
         rank-aware `BatchRebalanceSampler`."""
+        import torch
+
         if batches:
             args = self.args
             loader = self.accelerator.prepare(torch.utils.data.DataLoader(
@@ -93,6 +100,7 @@ def falcon_linears_quantizable() -> Iterator[None]:
     `FalconLinear(nn.Linear)` stays unquantized without a word. FalconLinear's forward is `x @ W.T + b`, the
     same as nn.Linear's, so nothing else changes; the class is restored as soon as the model is built.
     """
+    import torch
     from transformers.models.falcon import modeling_falcon
 
     original = modeling_falcon.FalconLinear
@@ -113,6 +121,49 @@ def set_mpt_residual_dropout(model, p: float) -> None:
             module.resid_attn_dropout.p = p
         elif isinstance(module, MptMLP):
             module.hidden_dropout = p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transformers: tokenizer files for the readers of exports
+
+TOKENIZER_LOADER_KEYS = ("backend", "is_local", "local_files_only")  # 5.24's own bookkeeping in the saved file
+
+
+def tokenizer_config_for_4x(directory: Path) -> None:
+    """Rewrites a `tokenizer_config.json` saved by transformers 5.24 so that transformers 4.x (what vLLM and TGI
+    run) reads it as well.
+
+    5.24 writes `tokenizer_class: "TokenizersBackend"`, a class 4.x does not have (ValueError), the extra special
+    tokens as a list under `extra_special_tokens` (which later 4.x read as a mapping, and crash), and its loader's
+    bookkeeping; it moves the chat template out into `chat_template.jinja`, which 4.x before 4.50 never read.
+    Rewritten: `PreTrainedTokenizerFast` (both read `tokenizer.json` verbatim; the model-specific classes rebuild
+    it from vocab and merges in 5.x), `additional_special_tokens`, no bookkeeping, and the template also under
+    `chat_template` (5.24 reads the `.jinja` file, which wins; it holds the same text)."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in TOKENIZER_LOADER_KEYS:
+        config.pop(key, None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        config["additional_special_tokens"] = extra
+    template = directory / "chat_template.jinja"
+    if template.is_file():
+        config["chat_template"] = template.read_text(encoding="utf-8")
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# peft
+
+@contextmanager
+def quiet_peft_model_init() -> Iterator[None]:
+    """peft 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing` (peft/peft_model.py), which
+    transformers 5.24 deprecated with a FutureWarning: a warning about peft's code, raised on every adapter
+    Delphi builds or loads, that the user can do nothing about. Dropped while a PeftModel is built, nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,6 +191,41 @@ def keep_4bit_weights_trainable(model) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Library log messages that are not true of Delphi's runs
+
+BNB_KERNEL_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+MTIME_MESSAGE = "mtime may not be reliable on this filesystem"
+# logger -> the start of the one message dropped from it.
+DROPPED_MESSAGES = {
+    # bitsandbytes 0.50 logs this at import on CPUs with AVX512-BF16 when the optional `kernels` package (an
+    # optimised 4-bit CPU kernel fetched from the hub) is missing; transformers' Trainer and peft import it, so every
+    # command printed it, although the built-in fallback is what runs, and what Delphi is tested with.
+    "bitsandbytes.backends.cpu.ops": BNB_KERNEL_MESSAGE,
+    # transformers 5.24 rotates checkpoints by mtime and, when the oldest and newest are less than a second apart
+    # (any fast run), blames the filesystem, which is fine; it then falls back to step order, which is right.
+    "transformers.trainer_utils": MTIME_MESSAGE,
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def quiet_library_messages() -> None:
+    """A filter on each logger of `DROPPED_MESSAGES` that drops that one message; installed by the entry points
+    before any library is imported (bitsandbytes logs at import). Idempotent."""
+    for name, prefix in DROPPED_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
 
 
 # ----------------------------------------------------------------------------------------------------------

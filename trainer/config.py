@@ -24,9 +24,11 @@ from trainer.data.kinds import KINDS
 from trainer.errors import ConfigError
 from trainer.formats import FORMATS
 from trainer.paths import CONFIG_DIR
-from trainer.schema import at_least, build, check, comma_list, fields_of, finite_positive, nearest, option
+from trainer.schema import (at_least, build, check, comma_list, dashes_to_underscores, fields_of, finite_positive,
+                            nearest, option, optional, type_name)
 
-# OASST `config.yaml` keys that Delphi deliberately does not have, with what to do instead.
+# OASST `config.yaml` keys (and `trainer_sft.py` flags) that Delphi deliberately does not have, with what to do
+# instead.
 RETIRED_OASST_KEYS = {
     "poly_eps": "it only tunes OASST's PolyLoss; Delphi trains with cross-entropy",
     "loss_fn": "Delphi trains with token-weighted cross-entropy",
@@ -41,7 +43,21 @@ RETIRED_OASST_KEYS = {
     "eval_size": "use each dataset's `val_split`",
     "eval_accumulation_steps": "evaluation keeps no logits, so there is nothing to accumulate",
     "freeze_layer": "use LoRA to train a subset of the weights",
+    "int8_training": "8-bit training is not offered; use `mode: qlora` (4-bit base + LoRA) or `mode: lora`",
+    "peft_model": "use `mode: lora` (or `qlora`; `mode: full` for peft_model: false) with lora_r, lora_alpha, "
+                  "lora_target_modules",
+    "peft_type": "LoRA is the adapter Delphi trains: `mode: lora` or `mode: qlora`",
+    "save_strategy": "checkpoints are saved every `save_steps` optimizer steps (OASST's 'steps')",
+    "use_system_tag": "OASST's per-reply tags from message labels are not rendered; use `use_system_prefix` with "
+                      "`system_prefix`, or system turns in `messages` / `sharegpt` data",
+    "system_property_dropout": "it only applies to OASST's system tags (see use_system_tag)",
+    "system_add_length": "it only applies to OASST's system tags (see use_system_tag)",
+    "residual_dropout_lima": "use `residual_dropout` (the same rate in every layer)",
+    "superhot": "RoPE scaling (SuperHOT) is not offered: Delphi trains GPT-NeoX, MPT and Falcon at their positions",
+    "superhot_config": "RoPE scaling (SuperHOT) is not offered",
+    "world_size": "the launcher sets it (`torchrun --nproc_per_node N`, `deepspeed --num_gpus N`)",
 }
+RESUME_LAST = "last"  # resume_from_checkpoint: the newest checkpoint in output_dir (OASST's and HF's `True`)
 SEED_LIMIT = 2**32  # numpy's legacy seeding, which transformers' set_seed uses, takes 0 .. 2**32 - 1
 MAX_EPOCHS = 10_000
 
@@ -333,8 +349,11 @@ class LoggingConfig:
     wandb_run_name: str | None = option(None, "wandb run name")
     wandb_group: str | None = option(None, "wandb group (a sweep sets it)")
     wandb_tags: str | None = option(None, "comma list of wandb tags")
-    log_dir: str = option("base", "OASST's run label")
-    verbose: bool = option(False, "OASST's verbose switch")
+    log_dir: str = option("base", "OASST's run label: with wandb_run_name unset the run is named "
+                                  "{model}-{log_dir}-finetuned (last path parts)")
+    verbose: bool = option(False, "OASST's verbose: print the dataset stats at start (as show_dataset_stats)")
+    show_dataset_stats: bool = option(False, "print OASST's dataset stats at start: train and eval sizes, shares, "
+                                             "per-epoch draws")
 
     def __post_init__(self) -> None:
         check(at_least(self, 1, "logging_steps"))
@@ -347,13 +366,23 @@ class LoggingConfig:
     def tags(self) -> list[str]:
         return comma_list(self.wandb_tags)
 
+    @property
+    def shows_dataset_stats(self) -> bool:
+        return self.verbose or self.show_dataset_stats
+
+    def oasst_run_name(self, model_name: str | None) -> str:
+        """OASST's wandb run name, `{model}-{log_dir}-finetuned`, with the last path part of each
+        (`EleutherAI/pythia-12b-deduped` -> `pythia-12b-deduped`) so that local paths stay readable."""
+        return f"{Path(model_name or 'model').name}-{Path(self.log_dir).name}-finetuned"
+
 
 @dataclass(frozen=True)
 class OutputConfig:
     output_dir: str = option("saved_model", "where the model, checkpoints and metrics go ($VARS are expanded)")
     save_total_limit: int = option(4, "checkpoints kept")
-    resume_from_checkpoint: str | None = option(None, "a checkpoint directory to resume from (default: the newest "
-                                                      "in output_dir)")
+    resume_from_checkpoint: str | None = option(
+        None, f"a checkpoint directory; {RESUME_LAST} (a bare --resume_from_checkpoint): the newest in output_dir, "
+              f"which must have one; none: the newest if any", flag=RESUME_LAST)
 
     def __post_init__(self) -> None:
         check(at_least(self, 1, "save_total_limit"))
@@ -501,11 +530,14 @@ class ParsedArgs:
 
 
 def split_argv(argv: list[str], extra_options: dict[str, bool] | None = None) -> ParsedArgs:
-    """Splits `--configs a b --key value --key=value --flag` into its parts.
+    """Splits `--configs a b --key value --key=value --flag --no-key` into its parts; dashes in a name are
+    underscores (`--wandb-entity`), and `--configs a,b` is `--configs a b`, as in OASST. Names must be whole: no
+    prefix matching (OASST's argparse read `--learning_rat` as `--learning_rate`).
 
     `extra_options` maps an entry point's own option names to whether they take a value.
     """
     extra_options = extra_options or {}
+    argv = dashes_to_underscores(argv)
     configs: list[str] = []
     files: list[Path] = []
     overrides: list[tuple[str, str | None]] = []
@@ -523,7 +555,7 @@ def split_argv(argv: list[str], extra_options: dict[str, bool] | None = None) ->
                 values.append(argv[i])
                 i += 1
         if name == "configs":
-            configs += values
+            configs += [c for v in values for c in comma_list(v)]
         elif name == "config_file":
             files += [Path(v) for v in values]
         elif name in extra_options:
@@ -548,6 +580,33 @@ def _field_type(key: str):
     return TYPE_HINTS[KEY_GROUP[key]][key]
 
 
+def _field(key: str) -> dataclasses.Field:
+    return fields_of(GROUPS[KEY_GROUP[key]][1])[key]
+
+
+def _bare_flag(key: str, where: str) -> str:
+    """What `--key` alone means: true for switches, the key's declared flag value, else an error."""
+    if _field_type(key) is bool:
+        return "true"
+    flag = _field(key).metadata.get("flag")
+    if flag is None:
+        raise ConfigError(f"{where}: '{key}' needs a value ({type_name(_field_type(key))})")
+    return flag
+
+
+def _negated(key: str, where: str) -> Any:
+    """OASST's `--no-KEY`: false for a switch, none for an optional key; any other key has no "off" value."""
+    if key in RETIRED_OASST_KEYS or key not in KEY_GROUP:
+        return None  # build_config names the retired or unknown key
+    kind = _field_type(key)
+    if kind is bool:
+        return False
+    if optional(kind):
+        return None
+    raise ConfigError(f"{where}: '{key}' cannot be unset (it is {type_name(kind)}, default {_field(key).default!r}); "
+                      f"give a value with --{key} VALUE")
+
+
 def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainConfig:
     files = (config_files if config_files is not None else default_config_files()) + args.config_files
     sections = read_sections(files)
@@ -564,16 +623,16 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
             origins[key] = f"{s.file}:{s.lines.get(key, s.line)} (section '{name}')"
     for key, raw in args.overrides:
         where = f"command line --{key}"
-        if key.startswith("no-") and key[3:] in KEY_GROUP and raw is None:
-            values[key[3:]], origins[key[3:]] = None, where
+        if key.startswith("no-"):
+            if raw is not None:
+                raise ConfigError(f"{where}: --{key} takes no value, got {raw!r}")
+            values[key[3:]], origins[key[3:]] = _negated(key[3:], where), where
             continue
         if key not in KEY_GROUP:
             values[key], origins[key] = raw, where  # build_config reports it with the nearest key
             continue
         if raw is None:
-            if _field_type(key) is not bool:
-                raise ConfigError(f"{where}: '{key}' needs a value ({getattr(_field_type(key), '__name__', '')})")
-            raw = "true"
+            raw = _bare_flag(key, where)
         if key == "datasets":
             try:
                 raw = yaml.safe_load(raw)

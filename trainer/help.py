@@ -1,5 +1,6 @@
 """`--help` for the config-driven commands, printed from the config's own declarations (types, defaults,
-choices and help lines live on the fields in `trainer.config` and the dataset kinds; nothing here repeats them)."""
+choices and help lines live on the fields in `trainer.config` and the dataset kinds; nothing here repeats them).
+One line per key, so `delphi train -h | grep lora` finds what it should."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ from trainer.config import GROUPS, RETIRED_OASST_KEYS, DatasetConfig, default_co
 from trainer.data.kinds import KINDS
 from trainer.schema import type_name
 
-WIDTH = 34
+WIDTH = 34  # the flag-and-type column; a longer one pushes its text right, still on one line
 
 
 def _default(value: Any) -> str:
@@ -21,25 +22,36 @@ def _default(value: Any) -> str:
         return repr(value.split("\n")[0] + ("..." if "\n" in value else ""))
     if value == ():
         return "[]"
-    return str(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _field_lines(cls: type, skip: Sequence[str] = ()) -> list[str]:
+def _kind(f: dataclasses.Field, annotation: Any) -> str:
+    if f.metadata.get("choices"):
+        return "{" + ",".join(f.metadata["choices"]) + "}"
+    if f.name == "datasets":
+        return "list"
+    if annotation is bool:
+        return "[bool]"
+    kind = type_name(annotation).replace(" or none", "|none")
+    return f"{kind} (bare: {f.metadata['flag']})" if f.metadata.get("flag") else kind
+
+
+def _line(flag: str, text: str, indent: int = 2) -> str:
+    return f"{' ' * indent}{flag:<{WIDTH}} {text}" if len(flag) < WIDTH else f"{' ' * indent}{flag}  {text}"
+
+
+def _field_lines(cls: type, skip: Sequence[str] = (), indent: int = 2) -> list[str]:
     hints = typing.get_type_hints(cls)
-    lines = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip or "help" not in f.metadata:
-            continue
-        if f.metadata.get("choices"):
-            kind = "{" + ",".join(f.metadata["choices"]) + "}"
-        elif hints[f.name] is bool:
-            kind = "[true|false]"
-        else:
-            kind = "LIST" if f.name == "datasets" else type_name(hints[f.name]).upper().replace(" OR NONE", "|none")
-        flag = f"  --{f.name} {kind}"
-        text = f"{f.metadata['help']} (default: {_default(f.default)})"
-        lines.append(f"{flag:<{WIDTH}} {text}" if len(flag) < WIDTH else f"{flag}\n{'':<{WIDTH}} {text}")
-    return lines
+    return [_line(f"--{f.name} {_kind(f, hints[f.name])}", f"{f.metadata['help']} (default: {_default(f.default)})",
+                  indent)
+            for f in dataclasses.fields(cls) if f.name not in skip and "help" in f.metadata]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _sections(argv: Sequence[str]) -> list[str]:
@@ -54,25 +66,29 @@ def _sections(argv: Sequence[str]) -> list[str]:
     by_file: dict[Path, list[str]] = {}
     for name, section in sections.items():
         by_file.setdefault(section.file, []).append(name)
-    return [f"  {file}: {', '.join(names)}" for file, names in by_file.items()]
+    return [f"  {_shown(file)}: {', '.join(names)}" for file, names in by_file.items()]
 
 
 def config_help(prog: str, argv: Sequence[str], extra: dict[str, str] | None = None) -> str:
-    """Usage, the sections `--configs` can name, every config key by group, the dataset options per kind."""
+    """Usage, the sections `--configs` can name, every config key by group, the dataset options per kind, and the
+    OASST keys Delphi refuses with what to use instead."""
     out = [f"usage: {prog} --configs SECTION [SECTION ...] [--config_file FILE ...] [--KEY VALUE ...]", "",
-           "Sections are merged in order (`defaults` first, always); flags override them: --key value, "
-           "--key=value, --key-with-dashes, a bare --flag (true), --no-KEY (false for switches, none for optional "
-           "keys).", "", "sections (--configs):", *_sections(argv)]
+           "Sections are merged in order (`defaults` first, always; `--configs a,b` works too), then flags: "
+           "--key value, --key=value, --key-with-dashes, a bare --switch (true), --no-KEY (false for a switch, none "
+           "for an optional key). Names are never abbreviated.", "",
+           "sections (--configs), from the config files and any --config_file:", *_sections(argv)]
     if extra:
-        out += ["", f"{prog.split()[-1]} options:", *(f"  {k:<{WIDTH - 2}} {v}" for k, v in extra.items())]
+        out += ["", f"{prog.split()[-1]} options:", *(_line(k, v) for k, v in extra.items())]
     for title, cls in GROUPS.values():
         out += ["", f"{title}:", *_field_lines(cls)]
     out += ["", "dataset entries (`datasets:` items: a name, or {name: {option: value}}); options of every kind:",
             *_field_lines(DatasetConfig, skip=("name",))]
     for name, kind in KINDS.items():
-        default = f"hub {kind.hub_name}, val_split {kind.val_split}"
-        out += ["", f"  {name} ({default})" + (":" if kind.options else "")]
+        hub = f"hub {kind.hub_name}" if kind.hub_name else "no hub default"
+        out += ["", f"  {name} ({hub}, val_split {kind.val_split}, e.g. input_file_path: {kind.example_file})"
+                + (":" if kind.options else "")]
         if kind.options:
-            out += [f"  {line}" for line in _field_lines(kind.options)]
-    out += ["", "OASST keys Delphi does not have: " + ", ".join(RETIRED_OASST_KEYS)]
+            out += _field_lines(kind.options, indent=4)
+    out += ["", "OASST keys and flags Delphi refuses, and what to use instead:",
+            *(_line(key, advice) for key, advice in RETIRED_OASST_KEYS.items())]
     return "\n".join(out)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from trainer import compat
 from trainer.config import TrainConfig, load_config
 from trainer.errors import ConfigError
 from trainer.models import TORCH_DTYPES, resize_embeddings
@@ -101,7 +102,8 @@ def load_base_with_adapter(adapter_dir: Path, base: str, config: TrainConfig | N
         raise ConfigError(f"{adapter_dir}: cannot load the base model '{base}' ({str(e).splitlines()[0]}); "
                           f"pass its local directory") from None
     resize_embeddings(model, tokenizer, config.model.pad_vocab_size_to_multiple_of if config else 16)
-    return PeftModel.from_pretrained(model, adapter_dir)
+    with compat.quiet_peft_model_init():
+        return PeftModel.from_pretrained(model, adapter_dir)
 
 
 def _base_path(name: str | None, adapter_dir: Path) -> str:

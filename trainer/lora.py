@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from trainer import compat
 from trainer.config import AdapterConfig
 
 
@@ -21,12 +22,13 @@ def lora_config(adapters: AdapterConfig):
                       target_modules=adapters.lora_targets, bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapters(model, adapters: AdapterConfig, gradient_checkpointing: bool = False):
-    """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms, input
-    gradients, checkpointing if asked) by peft's prepare_model_for_kbit_training."""
+def add_adapters(model, adapters: AdapterConfig):
+    """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms) by peft's
+    prepare_model_for_kbit_training. Activation checkpointing is the caller's (`load_model`), for every mode: peft's
+    own switch for it calls transformers' deprecated `gradient_checkpointing_enable`."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if adapters.mode == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, lora_config(adapters))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    with compat.quiet_peft_model_init():
+        return get_peft_model(model, lora_config(adapters))

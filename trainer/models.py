@@ -140,12 +140,13 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
         arch.after_load(loaded, model.residual_dropout)
     notes += resize_embeddings(loaded, tokenizer, model.pad_vocab_size_to_multiple_of)
     check_vocab_fits(loaded, tokenizer, model)
-    if model.gradient_checkpointing and not quantized:  # qlora: prepare_model_for_kbit_training does it
+    set_token_ids(loaded, tokenizer)
+    if model.gradient_checkpointing:  # non-reentrant: no input-gradient hook needed, adapters or not
         loaded.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if adapters.mode == "full":
         trainable = total = sum(p.numel() for p in loaded.parameters())
     else:
-        loaded = add_adapters(loaded, adapters, model.gradient_checkpointing)
+        loaded = add_adapters(loaded, adapters)
         trainable, total = loaded.get_nb_trainable_parameters()
         targets = sorted({n.rsplit(".", 1)[-1] for n in loaded.peft_config["default"].target_modules})
         notes.append(f"LoRA r={adapters.lora_r} alpha={adapters.lora_alpha} on {', '.join(targets)}")
@@ -232,6 +233,24 @@ def resize_embeddings(model, tokenizer, multiple: int) -> list[str]:
         return []
     model.resize_token_embeddings(target)
     return [f"embedding rows {rows:,} -> {target:,} (tokenizer {len(tokenizer):,} rounded up to x{multiple})"]
+
+
+def set_token_ids(model, tokenizer, end_key: str | None = None) -> None:
+    """The tokenizer's pad, eos and bos ids in the model's config and generation config, which is what
+    transformers, vLLM and TGI pad and stop with (a base model often has no pad id at all). `end_key`, a prompt
+    format's stop string other than eos (`plain` ends replies with a newline), joins the generation config's eos
+    ids when it is one token, so that a server stops where training ended replies."""
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    generation = getattr(model, "generation_config", None)
+    for name, value in ids.items():
+        if value is not None:
+            setattr(model.config, name, value)
+            if generation is not None:
+                setattr(generation, name, value)
+    stop = tokenizer.encode(end_key, add_special_tokens=False) if end_key else []
+    if generation is not None and len(stop) == 1 and stop[0] != tokenizer.eos_token_id:
+        generation.eos_token_id = [tokenizer.eos_token_id, stop[0]]
 
 
 def check_vocab_fits(model, tokenizer, config: ModelConfig) -> None:

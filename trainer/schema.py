@@ -9,15 +9,17 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from trainer.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: Collection[str] | None = None) -> Any:
+def option(default: Any, help: str, *, choices: Collection[str] | None = None, flag: str | None = None) -> Any:
     """A dataclass field with its help line (and choices) kept beside the default. `choices` may be a registry
-    (a dict): it is read when a value is checked, so a member registered later is a valid choice."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+    (a dict): it is read when a value is checked, so a member registered later is a valid choice. `flag` is what a
+    bare `--key` (and a YAML `true`) means for an optional string key, as OASST's `--resume_from_checkpoint` switch
+    means "the newest checkpoint"; bool keys always read a bare flag as true."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
 class FieldProblems(ConfigError):
@@ -48,6 +50,20 @@ def nearest(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def dashes_to_underscores(argv: Sequence[str]) -> list[str]:
+    """`--wandb-entity x` and `--wandb_entity=x` name the same option; `--no-KEY` (OASST's "unset") keeps its dash
+    after `no`. Values are left alone."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            negated = name.startswith("no-")
+            name = ("no-" if negated else "") + name[3 if negated else 0:].replace("-", "_")
+            arg = f"--{name}{eq}{value}"
+        out.append(arg)
+    return out
+
+
 def comma_list(value: str | None) -> list[str]:
     """`"a, b,,c"` -> `["a", "b", "c"]`: how every comma-list option (targets, tags, languages) is read."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
@@ -55,6 +71,12 @@ def comma_list(value: str | None) -> list[str]:
 
 _TRUE = {"true", "yes", "y", "on", "1", "t"}
 _FALSE = {"false", "no", "n", "off", "0", "f"}
+
+
+def optional(annotation: Any) -> bool:
+    """`X | None`: a key whose value may be none."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return union and type(None) in typing.get_args(annotation)
 
 
 def type_name(annotation: Any) -> str:
@@ -65,8 +87,10 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def coerce(value: Any, annotation: Any, key: str, where: str, choices=None) -> Any:
+def coerce(value: Any, annotation: Any, key: str, where: str, choices=None, flag: str | None = None) -> Any:
     """Convert a YAML or command-line value to the declared type, or raise naming key, value and type."""
+    if flag is not None and (isinstance(value, bool) or str(value).lower() in ("true", "false")):
+        return flag if value is True or str(value).lower() == "true" else None
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -130,7 +154,8 @@ def build(cls: type, values: dict[str, Any], where: Callable[[str], str],
             if convert and key in convert:
                 kwargs[key] = convert[key](value, where(key))
             else:
-                kwargs[key] = coerce(value, hints[key], key, where(key), fields[key].metadata.get("choices"))
+                kwargs[key] = coerce(value, hints[key], key, where(key), fields[key].metadata.get("choices"),
+                                     fields[key].metadata.get("flag"))
         except ConfigError as e:
             problems.append(str(e))
     if problems:

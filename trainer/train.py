@@ -18,11 +18,11 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.config import TrainConfig, write_resolved
+from trainer.config import RESUME_LAST, TrainConfig, write_resolved
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.paths import bundled
-from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
+from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
 
@@ -137,8 +137,16 @@ class TrainResult:
 
 
 def resume_point(config: TrainConfig) -> str | None:
-    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None."""
+    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None;
+    `last` (OASST's bare flag) is the newest checkpoint in output_dir, which must then exist."""
     out = config.outputs
+    if out.resume_from_checkpoint == RESUME_LAST:
+        directory = Path(out.output_dir)
+        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint: {RESUME_LAST}, but output_dir {directory} holds no "
+                              f"checkpoint-N directory to resume from")
+        return last
     if out.resume_from_checkpoint:
         path = Path(out.resume_from_checkpoint)
         if not path.is_dir():
@@ -163,7 +171,7 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         sampler_factory=sampler_factory, chunked_loss=config.model.chunked_loss,
         callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(TokenProgressCallback())
+    trainer.add_callback(TokenProgressCallback(tuple(evals)))
 
     plan = StepPlan.of(config, len(trainer.train_sampler), args.world_size)
     resume = resume_point(config)
@@ -174,8 +182,9 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
                          **{f"data/{k}": v for k, v in (data_report or {}).items()}})
 
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
+    with quiet_weight_bars():
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(output_dir))
     figures = trainer.throughput()
     if trainer.is_world_process_zero():
         write_resolved(config, output_dir)

@@ -107,3 +107,21 @@ def write_dump(path: Path | str, built: list[BuiltDataset], tokenizer) -> int:
                         "input_ids": row["input_ids"], "labels": row["labels"]}, ensure_ascii=False) + "\n")
                     written += 1
     return written
+
+
+def dataset_stats(built: list[BuiltDataset], draws: list[int], resample: bool) -> str:
+    """OASST's `show_dataset_stats` (and `verbose`) print: training sizes and shares, evaluation sizes and shares,
+    then what the sampler draws from each dataset per epoch."""
+    train_total = sum(len(b.train) for b in built)
+    eval_total = sum(len(b.val) for b in built)
+    rule = "-" * 80
+    lines = ["Training dataset sizes (before sampling):"]
+    lines += [f"{b.name}: {len(b.train):,} ({len(b.train) / max(train_total, 1):.2%})" for b in built]
+    lines += [f"Total train: {train_total:,}", rule, "Evaluation set sizes:"]
+    lines += [f"{b.name}: {len(b.val):,} ({len(b.val) / max(eval_total, 1):.2%})" for b in built]
+    lines += [f"Total eval: {eval_total:,}", rule,
+              f"Sampler draws per epoch ({'drawn anew every epoch' if resample else 'drawn once'}):"]
+    lines += [f"{b.name}: {n:,} of {len(b.train):,} (fraction {n / max(len(b.train), 1):.2f})"
+              for b, n in zip(built, draws)]
+    lines.append(f"Total per epoch: {sum(draws):,}")
+    return "\n".join(lines)

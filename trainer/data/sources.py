@@ -78,7 +78,8 @@ def _hub_rows(ds: DatasetConfig, timeout: float) -> Iterator[tuple[str, dict[str
     """Every row of every split of the hub dataset (OASST joins oasst1's train and validation, then splits)."""
     name = ds.effective_hub_name
     if not name:
-        raise DataError(f"dataset '{ds.name}': no input_file_path and no hub dataset to load")
+        raise DataError(f"dataset '{ds.name}': no input_file_path and no hub dataset to load; give one in the "
+                        f"datasets list, e.g.\n    - {ds.name}: {{input_file_path: {ds.kind.example_file}}}")
     import datasets
 
     try:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, RunError
-from trainer.export.source import EXPORT_RECORD, RESOLVED_CONFIG, read_run
 from trainer.export.target import WriteOptions
 from trainer.export.targets import TARGETS
 
@@ -29,7 +28,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
-    from trainer.models import TORCH_DTYPES
+    from trainer.export.source import RESOLVED_CONFIG, read_run
+    from trainer.models import TORCH_DTYPES, set_token_ids
     from trainer.tokens import load_tokenizer
 
     out = Path(out)
@@ -63,6 +63,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
         model = merge.load_full_model(run)
         reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
+    set_token_ids(model, tokenizer, fmt.end_key)
+    tokenizer.chat_template = fmt.chat_template()
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
         "base_model": run.base_model or (run.config.model.model_name if run.config else str(run.path)),
@@ -103,11 +105,11 @@ def parse_args(argv: list[str]):
     p.add_argument("out", help="the export directory to create (must not exist or be empty)")
     p.add_argument("--target", choices=tuple(TARGETS), default="hf",
                    help="; ".join(f"{name}: {t.loaded_by}" for name, t in TARGETS.items()))
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="the exported weights' dtype")
     p.add_argument("--base_model", help="the adapter's base, when resolved_config.yaml's model_name is not found")
     p.add_argument("--max_shard_size", default="10GB", help="weights are split into files of at most this size")
-    p.add_argument("--sequence_length", type=int, help="ipu: the pipeline's compiled length (default: the run's "
-                   "max_length, at most 2048)")
+    p.add_argument("--sequence_length", type=int, help="ipu: the pipeline's compiled length; none: the run's "
+                   "max_length, at most 2048")
     p.add_argument("--verify", action="store_true",
                    help="ipu: load the export with transformers 4.25.1 (scripts/setup_ipu_env.sh) and compare")
     return p.parse_args(argv)
@@ -116,6 +118,8 @@ def parse_args(argv: list[str]):
 def main(argv: list[str]) -> int:
     """`delphi export`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
     args = parse_args(argv)
+    from trainer.export.source import EXPORT_RECORD
+
     result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
                     args.sequence_length, args.verify)
     print(f"exported to {result.out} ({EXPORT_RECORD}, README.md)")

@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer.data.conversation import PROMPTER, Turn
 from trainer.errors import ConfigError
 from trainer.export.target import ExportTarget, WriteOptions
@@ -132,6 +130,7 @@ def write_ipu(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[s
 
 def safetensors_to_bin(out: Path) -> None:
     """`model*.safetensors` -> `pytorch_model*.bin`, the index renamed and pointing at the new files."""
+    import torch
     from safetensors.torch import load_file
 
     index = out / "model.safetensors.index.json"
@@ -185,7 +184,8 @@ def write_legacy_tokenizer(tokenizer, out: Path, sequence_length: int) -> None:
                                                            tokenizer.unk_token, tokenizer.pad_token)]}
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
     config = {"tokenizer_class": "GPTNeoXTokenizer", "add_prefix_space": False,
-              "model_max_length": sequence_length, "padding_side": "right", **specials}
+              "model_max_length": sequence_length, "padding_side": "right", **specials,
+              "chat_template": tokenizer.chat_template}  # ignored by 4.25.1; read by transformers >= 4.34
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -18,6 +18,7 @@ class AiroborosFormat(PromptFormat):
     """
 
     name = "airoboros"
+    assistant_cue = " ASSISTANT: "
 
     def __init__(self, eos: str, bos: str | None, system: str | None):
         super().__init__(eos, bos, system)
@@ -30,7 +31,7 @@ class AiroborosFormat(PromptFormat):
 
     def prompt(self, turn: Turn, index: int) -> list[Segment]:
         lead = " USER: " if index == 0 else "USER: "
-        return [Segment(f"{lead}{turn_text(turn)} ASSISTANT: ", False)]
+        return [Segment(f"{lead}{turn_text(turn)}{self.assistant_cue}", False)]
 
     def reply(self, turn: Turn) -> list[Segment]:
         return [Segment(turn.text, True), self._eos]

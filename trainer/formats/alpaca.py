@@ -20,6 +20,7 @@ class AlpacaFormat(PromptFormat):
     """
 
     name = "alpaca"
+    assistant_cue = "\n\n### Response:"
 
     def __init__(self, eos: str, bos: str | None, system: str | None):
         super().__init__(eos, bos, system)
@@ -35,7 +36,7 @@ class AlpacaFormat(PromptFormat):
         block = f"\n\n### Instruction:\n{turn.text}"
         if turn.context:
             block += f"\n\n### Input:\n{turn.context}"
-        return [Segment(block + "\n\n### Response:", False)]
+        return [Segment(block + self.assistant_cue, False)]
 
     def reply(self, turn: Turn) -> list[Segment]:
         return [Segment(turn.text, True), self._eos]

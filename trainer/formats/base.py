@@ -8,9 +8,11 @@ plain) because there the template text runs into the message text and must be to
 prompt is tokenized at inference; the reply is always a segment of its own (source and target are tokenized
 separately, as the qlora fork does, and inference also stops the prompt right before the reply).
 
-Rendering is a header (bos, system prefix or preamble) followed by one block per prompter/assistant exchange.
-`generation_prompt` uses the same pieces and stops right after the last prompter block, so the string a chat
-sends is byte for byte the prefix the model was trained on.
+Rendering is a header (bos, system prompt or preamble) followed by one block per prompter/assistant exchange.
+The system prompt is the conversation's own (a system turn in chat data) when it has one, else the configured
+prefix. `generation_prompt` uses the same pieces and stops right after the last prompter block, so the string a
+chat sends is byte for byte the prefix the model was trained on; `chat_template` is the same rendering as a Jinja
+chat template, built from these pieces (`trainer.formats.chat_template`), for tokenizers and servers.
 
 A format class is one registry entry (`trainer.formats.FORMATS`): besides rendering it says which tokens the
 tokenizer must hold, which data-config keys it reads (`option_keys`, also part of the dataset cache key) and
@@ -23,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.errors import DataError
+from trainer.formats.chat_template import build_chat_template
 
 
 class Segment(NamedTuple):
@@ -55,6 +58,9 @@ class PromptFormat(ABC):
     required_tokens: ClassVar[tuple[str, ...]] = ()  # the tokenizer must hold these (as special tokens)
     option_keys: ClassVar[tuple[str, ...]] = ()  # data-config keys read besides the system prefix
     end_key: str  # the stop string a chat watches for: what ends every trained reply
+    # What ends every prompter block and starts the reply (`<|assistant|>`, " ASSISTANT: "...): the part a chat
+    # template adds for `add_generation_prompt`.
+    assistant_cue: str
 
     def __init__(self, eos: str, bos: str | None, system: str | None, **options: Any):
         unknown = set(options) - set(self.option_keys)
@@ -91,7 +97,7 @@ class PromptFormat(ABC):
         """The training sample: header, then prompt + reply for every exchange."""
         turns = conv.turns
         check_alternation(turns, conv.origin or conv.source, ends_with=ASSISTANT)
-        segments = self.header(turns[0], self.system)
+        segments = self.header(turns[0], self.system if conv.system is None else conv.system)
         for i in range(0, len(turns), 2):
             segments += self.prompt(turns[i], i // 2)
             segments += self.reply(turns[i + 1])
@@ -114,3 +120,8 @@ class PromptFormat(ABC):
         """`generation_segments` as one string. With earlier replies in the history, encode the segments
         instead (`trainer.data.tokenize.encode_prompt`): a reply was trained tokenized apart from its prompt."""
         return "".join(s.text for s in self.generation_segments(turns, system))
+
+    def chat_template(self) -> str:
+        """This format as a Jinja chat template (`tokenizer.chat_template`): `apply_chat_template` renders exactly
+        what `render` and `generation_prompt` render, a leading system message replacing the configured prefix."""
+        return build_chat_template(self)

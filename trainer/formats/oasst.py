@@ -14,6 +14,7 @@ class OasstFormat(PromptFormat):
 
     name = "oasst"
     required_tokens = (PROMPTER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN)
+    assistant_cue = ASSISTANT_TOKEN
 
     def __init__(self, eos: str, bos: str | None, system: str | None):
         super().__init__(eos, bos, system)

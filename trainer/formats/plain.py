@@ -22,13 +22,14 @@ class PlainFormat(PromptFormat):
         super().__init__(eos, bos, system, plain_user_name=plain_user_name, plain_bot_name=plain_bot_name)
         self.user = plain_user_name
         self.bot = plain_bot_name
+        self.assistant_cue = f"{plain_bot_name}: "
         self._newline = Segment("\n", True)
 
     def header(self, first: Turn, system: str | None) -> list[Segment]:
         return [] if system is None else [Segment(system + "\n", False)]
 
     def prompt(self, turn: Turn, index: int) -> list[Segment]:
-        return [Segment(f"{self.user}: {turn_text(turn)}\n{self.bot}: ", False)]
+        return [Segment(f"{self.user}: {turn_text(turn)}\n{self.assistant_cue}", False)]
 
     def reply(self, turn: Turn) -> list[Segment]:
         return [Segment(turn.text, True), self._newline]

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import yaml
 
-from trainer.sweep.report import write_report
 from trainer.sweep.spec import load_sweep
 from trainer.sweep.trials import run_sweep
 from trainer.sweep.wandb_sweep import wandb_config
@@ -18,15 +17,17 @@ def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="delphi sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every trial not finished yet, then write the report")
-    run.add_argument("sweep_file", type=Path)
+    run.add_argument("sweep_file", type=Path, help="the sweep's YAML file (e.g. configs/sweeps/demo-grid.yaml)")
     run.add_argument("--dry_run", action="store_true", help="list the trials and their overrides, run nothing")
     run.add_argument("--retry_failed", action="store_true", help="run failed trials again (they resume)")
     export = sub.add_parser("wandb", help="write the equivalent wandb sweep configuration")
-    export.add_argument("sweep_file", type=Path)
+    export.add_argument("sweep_file", type=Path, help="the sweep's YAML file")
     export.add_argument("--output", type=Path, help="default: <sweep output_dir>/wandb_sweep.yaml")
     report = sub.add_parser("report", help="table and plots of a sweep directory")
-    report.add_argument("sweep_dir", type=Path)
+    report.add_argument("sweep_dir", type=Path, help="the sweep's output directory (its trials' metrics)")
     args = parser.parse_args(argv)
+    from trainer.sweep.report import write_report  # reads metrics through the trainer's run log (transformers)
+
     if args.command == "report":
         for path in write_report(args.sweep_dir):
             print(path)

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.data.conversation import Conversation
-from trainer.data.jsonl import BadRecords
+from trainer.data.conversation import Conversation, chat_conversation
+from trainer.data.jsonl import BadRecords, string_field
 from trainer.errors import DataError
 
 Rows = Iterable[tuple[str, dict[str, Any]]]  # (where: "file:line" or hub row, record)
@@ -41,3 +41,25 @@ def record_reader(convert: Callable[[dict[str, Any], str, str], Conversation]) -
         return units, {"records_read": count, "samples": len(units)}
 
     return read
+
+
+def chat_record(record: dict[str, Any], where: str, source: str, *, key: str, role_key: str, text_key: str,
+                roles: dict[str, str], tool_roles: tuple[str, ...]) -> Conversation:
+    """A chat record (`messages`, `sharegpt`) as a Conversation: the list of message objects under `key`, each
+    with its role under `role_key` (read through `roles` into SYSTEM, PROMPTER or ASSISTANT) and its text under
+    `text_key`. Other keys are ignored; an unknown role names the message and value, and tool roles are refused
+    as such: Delphi's formats have no place for tool calls."""
+    messages = record.get(key)
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        got = "nothing" if messages is None else f"{type(messages).__name__} {messages!r:.60}"
+        raise DataError(f"{where}: field '{key}' must be a list of message objects, got {got}")
+    turns = []
+    for i, message in enumerate(messages):
+        label = f"{key}[{i}]"
+        role = message.get(role_key)
+        if role not in roles:
+            hint = " (tool calls are not trained by Delphi)" if role in tool_roles else ""
+            raise DataError(f"{where}: {label}: {role_key} {role!r} is not one of {', '.join(roles)}{hint}")
+        text = string_field(message, text_key, f"{where}: {label}")
+        turns.append((roles[role], text, f"{label} ({role_key} {role!r})"))
+    return chat_conversation(turns, where, source)
