@@ -142,6 +142,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="system prompt; \"\" for none (default: the one trained with, if use_system_prefix "
                              "was on)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--base_model", default=None, help="an adapter's base model, when it has moved")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run code shipped in the model directory (never taken from the directory itself)")
     return parser.parse_args(argv)
 
 
@@ -154,7 +157,7 @@ def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
     args = parse_args(argv)
     options = SamplingOptions(args.temperature, args.k, args.output_length)
     prompts = example_prompts(dict(os.environ) if environ is None else environ)
-    loaded = load_for_inference(args.model)
+    loaded = load_for_inference(args.model, trust_remote_code=args.trust_remote_code, base_model=args.base_model)
     fmt, how = chat_format(loaded)
     for note in [*loaded.notes, how]:
         print(note, file=sys.stderr)

@@ -99,7 +99,7 @@ def data_command(argv: list[str]) -> int:
     from trainer.tokens import load_tokenizer
 
     datasets.disable_progress_bars()
-    tokenizer = load_tokenizer(config.model.tokenizer)
+    tokenizer = load_tokenizer(config.model.tokenizer, trust_remote_code=config.model.trust_remote_code)
     built = build_datasets(config.data, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(examples)))

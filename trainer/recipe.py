@@ -1,7 +1,11 @@
 """The SFT recipe: config in, trained model out. What `delphi train`, `trainer_sft.py`, the sweeps' trials, the
 benchmarks and the tests all run.
 
-    tokenizer -> model (full / LoRA / QLoRA) -> datasets (cached) -> collator -> sampler -> train()
+    seed -> checks -> tokenizer -> datasets (cached) -> model (full / LoRA / QLoRA) -> collator -> sampler -> train()
+
+The cheap checks come first (output_dir and what it holds, cache_dir, the model's config.json and weights files,
+the tokenizer against the model) and the datasets are read before the weights load, so that a bad input is one
+line within seconds, not after minutes of loading.
 """
 from __future__ import annotations
 
@@ -24,22 +28,36 @@ def sampler_factory(config: TrainConfig, built):
         world_size=world_size, resample=data.use_custom_sampler, sort_by_length=data.sort_by_length)
 
 
-def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
+def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     """Train as the config says, on 1 process or many (the launcher, `torchrun` or `deepspeed`, sets the ranks).
-    `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them)."""
+    `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them).
+    None: output_dir holds this run, finished."""
+    from transformers import set_seed
+
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures
-    from trainer.models import load_model
+    from trainer.models import check_model_source, check_tokenizer_fits, load_model
+    from trainer.resume import check_run
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
-    tokenizer = load_tokenizer(config.model.tokenizer, config.data.max_length)
-    loaded = load_model(config.model, config.adapters, tokenizer, max_length=config.data.max_length,
+    start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if start.finished_step is not None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(start.finished_line(), flush=True)
+        return None
+    model = config.model
+    tokenizer = load_tokenizer(model.tokenizer, config.data.max_length, model.trust_remote_code)
+    check_tokenizer_fits(check_model_source(model, config.adapters), tokenizer, model)
+    built = build_datasets(config.data, tokenizer)
+    # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
+    # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
+    set_seed(config.optim.rng_seed)
+    loaded = load_model(model, config.adapters, tokenizer, max_length=config.data.max_length,
                         deepspeed=config.optim.deepspeed)
     if int(os.environ.get("RANK", "0")) == 0:
         print("\n".join(loaded.notes), flush=True)
-    built = build_datasets(config.data, tokenizer)
     collator = training_collator(config.data, tokenizer.pad_token_id, packing_isolation(loaded.model.config))
     report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
     return train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},

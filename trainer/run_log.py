@@ -13,13 +13,25 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from trainer.config import LoggingConfig
+from trainer.errors import ConfigError
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows a RunLog wrote (none if the file is missing), for reports and model cards."""
+    """The rows a RunLog wrote (none if the file is missing), for reports and model cards. A last line without
+    its newline was cut by a kill mid-write and is left out; any other bad line is an error naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: not a metrics row (expected one JSON object per line)") from None
+    return rows
 
 
 class RunLog:
@@ -41,6 +53,18 @@ class RunLog:
             run = wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, name=logging.wandb_run_name,
                              group=logging.wandb_group, tags=logging.tags or None, config=run_config)
         return cls(output_dir / "metrics.jsonl", run)
+
+    @staticmethod
+    def cut_after(path: Path, step: int) -> None:
+        """Before a run (re)starts at `step`: drop the rows of later steps (the resumed run logs them again) and
+        the one-off summary rows (it writes its own), so that each step is in the file once after any number of
+        resumes."""
+        if not path.is_file():
+            return
+        kept = [row for row in read_metrics(path) if row.get("step") is not None and row["step"] <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        tmp.replace(path)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         with self.path.open("a", encoding="utf-8") as f:
@@ -64,7 +88,9 @@ class RunLog:
 
 
 class RunLogCallback(TrainerCallback):
-    """Every `Trainer.log` call (training, evaluation, the end of training) goes to the run log.
+    """Every `Trainer.log` call (training, evaluation) goes to the run log; the Trainer's end-of-training figures
+    (runtime, mean loss of this start) are kept for the closing summary row instead of a step row, since a resumed
+    run ends again at the same step.
 
     The Trainer evaluates and logs each validation set on its own (`eval_<name>_loss`); once all of a step's are
     in, their mean is logged as `eval_loss`, the one overall figure a sweep (or a wandb agent) can rank runs by.
@@ -74,9 +100,13 @@ class RunLogCallback(TrainerCallback):
         self.run_log = run_log
         self.eval_keys = [f"eval_{name}_loss" for name in eval_names]
         self.pending: dict[str, float] = {}
+        self.end: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not (state.is_world_process_zero and logs):
+            return
+        if "train_runtime" in logs:
+            self.end = dict(logs)
             return
         self.run_log.log(dict(logs), state.global_step)
         self.pending.update({k: logs[k] for k in self.eval_keys if k in logs})

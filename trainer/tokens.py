@@ -12,15 +12,16 @@ PADDING_TOKEN = "<|padding|>"
 IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cross-entropy skips)
 
 
-def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None):
-    """AutoTokenizer plus the chat special tokens and a pad token (`<|padding|>` where the vocab has it)."""
+def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None, trust_remote_code: bool = False):
+    """AutoTokenizer plus the chat special tokens and a pad token (`<|padding|>` where the vocab has it).
+    `trust_remote_code` is always passed: left out, transformers asks on the terminal when a directory ships code."""
     from transformers import AutoTokenizer
 
     if not name_or_path:
         raise ConfigError("no tokenizer: set 'model_name' (or 'tokenizer_name') to a hub name or a local directory")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {str(e).splitlines()[0]}") from None
     add_chat_tokens(tokenizer)
     if model_max_length:
