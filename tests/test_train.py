@@ -171,7 +171,7 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(toke
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / f"out-rank{r}.json").read_text()) for r in (0, 1)]
     # 10 samples over 2 ranks = 5 each; batch 1, accum 2 -> 3 optimizer steps per epoch; 2 epochs = 6 steps.
     for r in ranks:
         assert r["deepspeed"] and r["world_size"] == 2 and r["optimizer"] == "DeepSpeedZeroOptimizer"

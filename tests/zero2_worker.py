@@ -1,4 +1,5 @@
-"""One rank of the ZeRO-2 test (`torchrun --nproc_per_node 2 zero2_worker.py MODEL_DIR TMP`).
+"""One rank of the ZeRO-2 tests (`torchrun --nproc_per_node 2 zero2_worker.py MODEL_DIR TMP [OUT SAVE_STEPS]`):
+6 optimizer steps into TMP/OUT (default `out`), a checkpoint every SAVE_STEPS (default 6).
 
 Test-only: DeepSpeed's shared-memory comm op would be JIT-compiled (~40 s); pure gloo needs no build.
 """
@@ -40,18 +41,19 @@ class Record(TrainerCallback):
         }))
 
 
-def main(model_dir: str, tmp: str) -> None:
+def main(model_dir: str, tmp: str, out: str = "out", save_steps: str = "6") -> None:
     tmp_path = Path(tmp)
     tokenizer = load_tokenizer(model_dir)
-    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / "out"), deepspeed=True,
-                         deepspeed_config=str(tmp_path / "zero2.json"), learning_rate=1e-3, num_train_epochs=2,
-                         per_device_train_batch_size=1, gradient_accumulation_steps=2, warmup_steps=1,
-                         logging_steps=1, save_steps=6, eval_steps=3, report_to="none", max_length=32)
+    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / out), deepspeed=True,
+                            deepspeed_config=str(tmp_path / "zero2.json"), learning_rate=1e-3, num_train_epochs=2,
+                            per_device_train_batch_size=1, gradient_accumulation_steps=2, warmup_steps=1,
+                            logging_steps=1, save_steps=int(save_steps), eval_steps=3, report_to="none",
+                            max_length=32, save_total_limit=5)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     samples = qa_samples(tokenizer, 10)
     rank = int(os.environ["RANK"])
     train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
-          distributed_sampler(config.optim.rng_seed), callbacks=[Record(tmp_path / f"rank{rank}.json")])
+          distributed_sampler(config.optim.rng_seed), callbacks=[Record(tmp_path / f"{out}-rank{rank}.json")])
 
 
 if __name__ == "__main__":

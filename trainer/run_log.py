@@ -118,6 +118,12 @@ class RunLogCallback(TrainerCallback):
 class TokenProgressCallback(ProgressCallback):
     """The Trainer's progress bar (steps, ETA) with the trained tokens/s of the latest log beside it."""
 
+    def close(self) -> None:
+        """Ends the bar's line when training stops with an error, so that the error is a line of its own."""
+        if self.training_bar is not None:
+            self.training_bar.close()
+            self.training_bar = None
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not (logs and "trained_tokens_per_second" in logs):
             return super().on_log(args, state, control, logs=logs, **kwargs)  # evaluation: printed as a line

@@ -40,8 +40,6 @@ def save_tiny_model(directory: Path | str, architecture: str, tokenizer, seed: i
     directory = Path(directory)
     torch.manual_seed(seed)
     config = model_config(architecture, padded_vocab_size(tokenizer), **shape)
-    # As a real checkpoint's config.json does: the special ids of the tokenizer it was trained with.
-    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -160,15 +160,19 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
             eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
             callbacks=[log_callback, *callbacks])
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(TokenProgressCallback())
+        progress = TokenProgressCallback()
+        trainer.add_callback(progress)
         if main:
             print(plan.describe(), flush=True)
             if resume:
                 print(f"resuming from {resume}", flush=True)
             run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
                              **{f"data/{k}": v for k, v in (data_report or {}).items()}})
-        with refused_pickles(f"resume_from_checkpoint '{resume}'"):
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            with refused_pickles(f"resume_from_checkpoint '{resume}'"):
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            progress.close()
         trainer.save_final(output_dir)
         figures = trainer.throughput()
         result = TrainResult(
