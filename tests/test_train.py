@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train_samples import collator, distributed_sampler, qa_samples
@@ -158,19 +159,50 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, t
     assert lrs[0] == lrs[1]
 
 
-def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(tokenizer, tiny_model_dir, tmp_path):
-    """One torchrun with 2 CPU ranks (gloo), DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe."""
+class Payload:
+    """A pickle that runs code when loaded without `weights_only`: it creates a file."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return open, (str(self.sentinel), "w")
+
+
+def plant_deepspeed_checkpoint(out: Path, step: int, sentinel: Path, like: Path) -> Path:
+    """What an attacker (or a stray copy) leaves in a run directory: a checkpoint-N with DeepSpeed's layout and
+    pickles that run code, but no Delphi completion marker."""
+    planted = out / f"checkpoint-{step}"
+    tag = planted / f"global_step{step}"
+    tag.mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+        torch.save(Payload(sentinel), tag / name)
+    (planted / "latest").write_text(tag.name)
+    state = json.loads((like / "trainer_state.json").read_text())
+    (planted / "trainer_state.json").write_text(json.dumps(state | {"global_step": step}))
+    return planted
+
+
+def test_zero2_on_two_processes_partitions_optimizer_state_counts_steps_and_resumes_exactly(tokenizer,
+                                                                                           tiny_model_dir, tmp_path):
+    """torchrun with 2 CPU ranks (gloo), DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe; then
+    a second run resumes from a copy of its checkpoint-4, past a planted checkpoint-5 whose pickles run code."""
     ds_config = json.loads((REPO / "configs" / "zero2.json").read_text())
     ds_config["optimizer"]["params"]["torch_adam"] = True  # avoids JIT-compiling DeepSpeed's fused Adam
     (tmp_path / "zero2.json").write_text(json.dumps(ds_config))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-         str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
+    def torchrun(out: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+             str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path), out, "2"],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc
+
+    proc = torchrun("out")
     ranks = [json.loads((tmp_path / f"out-rank{r}.json").read_text()) for r in (0, 1)]
     # 10 samples over 2 ranks = 5 each; batch 1, accum 2 -> 3 optimizer steps per epoch; 2 epochs = 6 steps.
     for r in ranks:
@@ -186,6 +218,20 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(toke
     rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "out" / "checkpoint-4", resumed / "checkpoint-4")
+    sentinel = tmp_path / "payload-ran"
+    planted = plant_deepspeed_checkpoint(resumed, 5, sentinel, tmp_path / "out" / "checkpoint-4")
+    proc = torchrun("resumed")
+    assert not sentinel.exists()  # the planted pickles were never loaded
+    assert not planted.exists() and len(list((resumed / "incomplete").glob("checkpoint-5-*"))) == 1
+    assert f"resuming from {resumed / 'checkpoint-4'}" in proc.stdout
+    assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r] == [5, 6]
+    a = load_file(tmp_path / "out" / "model.safetensors")
+    b = load_file(resumed / "model.safetensors")
+    for name in a:  # within fp32 round-off; measured bit-identical on this machine
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_entry_point_prints_config_errors_without_traceback(capsys):
