@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from trainer.checkpoints import write_marker
 from trainer.chat import ChatSession, chat_format, fit_history, main
 from trainer.cli import guarded
 from trainer.config import TrainConfig, write_resolved
@@ -54,6 +55,7 @@ def taught_model(directory: Path, base: Path, format_name: str) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     write_resolved(config, directory)
+    write_marker(directory, "final", 60, 1)  # the save completed, as training marks it
     return directory
 
 
@@ -184,6 +186,7 @@ def test_adapter_output_loads_base_plus_adapter_unquantized(tiny_model_dir, toke
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_resolved(config, out)
+    write_marker(out, "final", 0, 1)
 
     ids = torch.tensor([tokenizer("User: Hi\nAssistant: ")["input_ids"]])
     with torch.no_grad():

@@ -159,12 +159,12 @@ def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
     prompts = example_prompts(dict(os.environ) if environ is None else environ)
     loaded = load_for_inference(args.model, trust_remote_code=args.trust_remote_code, base_model=args.base_model)
     fmt, how = chat_format(loaded)
+    system = fmt.system if args.system is None else args.system or None
+    session = ChatSession(loaded, fmt, options, system)  # checks the options against the model first
     for note in [*loaded.notes, how]:
         print(note, file=sys.stderr)
     if args.seed is not None:
         set_seed(args.seed)
-    system = fmt.system if args.system is None else args.system or None
-    session = ChatSession(loaded, fmt, options, system)
     try:
         chat(session, prompt_reader(prompts, sys.stdout))
     except (EOFError, KeyboardInterrupt):

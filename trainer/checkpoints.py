@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from trainer.errors import ConfigError
+
 MARKER = "delphi_complete.json"
 STAGING = ".staging"
 ROTATING = ".rotating"
 SET_ASIDE = "incomplete"
 FINAL = "final"  # the final model's staging name
+RUN_FILES = ("resolved_config.yaml", "metrics.jsonl", MARKER)  # what makes a directory a training output
 
 Say = Callable[[str], None]
 
@@ -227,6 +230,22 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:
         pass  # not empty: another save is staged there
+
+
+def check_complete(path: Path) -> None:
+    """Refuses (one line) to load a training output whose final save did not complete, or a checkpoint without
+    its marker: a kill during a save leaves a mix of files that would load "fine" and be wrong. A directory with
+    no run files (a plain model directory) is not a run and passes."""
+    if checkpoint_step(path) is not None:
+        problem = marker_problem(path)
+        if problem:
+            raise ConfigError(f"{path}: not a complete checkpoint ({problem}); use the run's final model or "
+                              f"another checkpoint")
+        return
+    if any((path / name).is_file() for name in RUN_FILES) and finished_step(path) is None:
+        why = marker_problem(path, exact=False) or "its marker is a checkpoint's"
+        raise ConfigError(f"{path}: the training run did not finish saving its final model ({why}); rerun the "
+                          f"training command to resume and finish it, or use one of its checkpoint-N")
 
 
 def unmark_final(output_dir: Path) -> None:

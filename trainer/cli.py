@@ -86,8 +86,9 @@ def data_command(argv: list[str]) -> int:
     if not str(examples).isdigit():
         raise ConfigError(f"--examples must be a number of samples (0 or more), got {examples!r}")
     dump = Path(args.extra["dump"]) if "dump" in args.extra else None
-    if dump is not None and not dump.parent.is_dir():
-        raise ConfigError(f"--dump {dump}: the directory {dump.parent} does not exist")
+    if dump is not None and (dump.is_dir() or not dump.parent.is_dir()):
+        raise ConfigError(f"--dump {dump}: " + ("is a directory; give a file name" if dump.is_dir() else
+                                                f"the directory {dump.parent} does not exist"))
     config = resolve(args)
     if not config.data.datasets:
         raise ConfigError("the config names no datasets: add a section with a `datasets:` list to --configs")

@@ -312,7 +312,7 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         problems = at_least(self, 1, "eval_steps", "save_steps") + at_least(self, 0, "warmup_steps")
         problems += finite_positive(self, "num_train_epochs")
-        if self.num_train_epochs > MAX_EPOCHS:
+        if math.isfinite(self.num_train_epochs) and self.num_train_epochs > MAX_EPOCHS:
             problems.append(("num_train_epochs", f"must be at most {MAX_EPOCHS:,}, got {self.num_train_epochs:g}"))
         check(problems)
 

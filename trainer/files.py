@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from trainer.errors import ConfigError, RunError
+from trainer.errors import ConfigError, RunError, first_line
 
 HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB
 
@@ -78,6 +78,5 @@ def refused_pickles(where: str) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{where}: refused to load a pickle that is not plain tensors ({first[:200]}); only "
+        raise RunError(f"{where}: refused to load a pickle that is not plain tensors ({first_line(e, 200)}); only "
                        f"load files you trust, and prefer safetensors") from None

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from trainer.checkpoints import check_complete
 from trainer.config import RESOLVED_CONFIG, TrainConfig, load_config
 from trainer.errors import ConfigError
 from trainer.files import check_safetensors, refused_pickles
@@ -26,6 +27,7 @@ from trainer.models import TORCH_DTYPES, resize_embeddings
 from trainer.paths import bundled, looks_like_path
 
 ADAPTER_CONFIG = "adapter_config.json"
+EXPORT_RECORD = "delphi_export.json"  # written by `trainer.export`
 
 
 @dataclass
@@ -52,6 +54,8 @@ def load_for_inference(path: str | Path, *, device: str | None = None, dtype: to
     if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
         raise ConfigError(f"--model: '{path}' holds neither config.json nor {ADAPTER_CONFIG}; expected a training "
                           f"output or an exported model directory")
+    if not (path / EXPORT_RECORD).is_file():
+        check_complete(path)
     check_safetensors(path, "--model")
     config = read_resolved_config(path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -18,7 +18,7 @@ import torch
 from trainer import compat
 from trainer.architectures import ARCHITECTURES, Architecture
 from trainer.config import AdapterConfig, ModelConfig
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, first_line
 from trainer.files import check_safetensors, refused_pickles
 from trainer.lora import add_adapters, linear_module_names
 from trainer.paths import looks_like_path
@@ -136,9 +136,14 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     if quantized:
         kwargs["quantization_config"] = quantization_config(model, adapters)
         kwargs["device_map"] = {"": _local_device()}
-    with arch.quantized_load() if quantized and arch.quantized_load else nullcontext(), \
-            refused_pickles(f"model_name '{source.name}'"):
-        loaded = AutoModelForCausalLM.from_pretrained(source.name, **kwargs)
+    try:
+        with arch.quantized_load() if quantized and arch.quantized_load else nullcontext(), \
+                refused_pickles(f"model_name '{source.name}'"):
+            loaded = AutoModelForCausalLM.from_pretrained(source.name, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, RuntimeError) as e:  # a cut .bin, weights that do not fit config.json
+        raise ConfigError(f"model_name '{source.name}': cannot load its weights ({first_line(e)})") from None
     check_finite_weights(loaded, source.name)
     if quantized:
         notes.append(f"4-bit {adapters.quant_type}: {check_quantized(loaded, source.name)} linear layers quantized")

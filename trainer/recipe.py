@@ -48,8 +48,9 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
             print(start.finished_line(), flush=True)
         return None
     model = config.model
+    source = check_model_source(model, config.adapters)
     tokenizer = load_tokenizer(model.tokenizer, config.data.max_length, model.trust_remote_code)
-    check_tokenizer_fits(check_model_source(model, config.adapters), tokenizer, model)
+    check_tokenizer_fits(source, tokenizer, model)
     built = build_datasets(config.data, tokenizer)
     # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
     # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from trainer.errors import ConfigError
+from trainer.paths import looks_like_path
 
 PROMPTER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN = "<|prompter|>", "<|assistant|>", "<|system|>"
 # Added in this fixed order, so the new ids never depend on the process (OASST's set() order did).
@@ -19,6 +21,8 @@ def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None
 
     if not name_or_path:
         raise ConfigError("no tokenizer: set 'model_name' (or 'tokenizer_name') to a hub name or a local directory")
+    if looks_like_path(name_or_path) and not Path(name_or_path).exists():
+        raise ConfigError(f"tokenizer '{name_or_path}': no such directory (and it is not a hub name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as e:

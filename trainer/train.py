@@ -21,7 +21,7 @@ from transformers.trainer_callback import ProgressCallback
 from trainer.checkpoints import complete_checkpoints
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, RunError, first_line
 from trainer.files import refused_pickles
 from trainer.paths import bundled
 from trainer.resume import begin_run, check_run, resume_path
@@ -171,6 +171,12 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         try:
             with refused_pickles(f"resume_from_checkpoint '{resume}'"):
                 trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except (OSError, RuntimeError, ValueError) as e:  # loading a checkpoint the user named (no marker)
+            loading = resume is not None and trainer.state.global_step <= start.resume_step
+            if not loading or isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise RunError(f"resume_from_checkpoint '{resume}': cannot load it ({first_line(e)}); resume from "
+                           f"another checkpoint or start over with --overwrite_output_dir") from None
         finally:
             progress.close()
         trainer.save_final(output_dir)

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoints import MARKER, checkpoint_step, finished_step, marker_problem
+from trainer.checkpoints import check_complete
 from trainer.config import RESOLVED_CONFIG, TrainConfig
 from trainer.errors import ConfigError
 from trainer.files import check_safetensors
 from trainer.formats import PromptFormat, build_format, detect_format, format_for
-from trainer.inference import ADAPTER_CONFIG, read_adapter_config, read_resolved_config
+from trainer.inference import ADAPTER_CONFIG, EXPORT_RECORD, read_adapter_config, read_resolved_config
 from trainer.paths import bundled
 
-EXPORT_RECORD = "delphi_export.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -49,31 +48,14 @@ class RunOutput:
         return build_format(detect_format(tokenizer)[0], tokenizer)
 
 
-def check_complete(path: Path, record: dict[str, Any] | None) -> None:
-    """A training output must hold a completed final save, a checkpoint its completion marker; a plain model
-    directory (no run files) or an export is taken as it is."""
-    if record is not None:
-        return
-    if checkpoint_step(path) is not None:
-        problem = marker_problem(path)
-        if problem:
-            raise ConfigError(f"{path}: not a complete checkpoint ({problem}); export the run's final model or "
-                              f"another checkpoint")
-        return
-    is_run = any((path / name).is_file() for name in (RESOLVED_CONFIG, "metrics.jsonl", MARKER))
-    if is_run and finished_step(path) is None:
-        why = marker_problem(path, exact=False) or "it is a checkpoint's, not the final model's"
-        raise ConfigError(f"{path}: the training run did not finish saving its final model ({why}); rerun the "
-                          f"training command to resume and finish it, or export one of its checkpoint-N")
-
-
 def read_run(path: Path | str, base_model: str | None = None, trust_remote_code: bool = False) -> RunOutput:
     """Reads the run's resolved config and classifies it; `base_model` overrides where the adapter's base is."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: no such directory; expected a training output or an export directory")
     record = read_export_record(path)
-    check_complete(path, record)
+    if record is None:
+        check_complete(path)
     check_safetensors(path, "export source")
     config = read_resolved_config(path)
     if not (path / ADAPTER_CONFIG).is_file():
