@@ -258,6 +258,9 @@ case("weights", "checkpoint-optimizer-pickle", (*TRAIN, "--resume_from_checkpoin
          shutil.copy(w / "pickle-model" / "pytorch_model.bin", c / "ckpt" / "optimizer.pt")))
 case("weights", "export-source-cut", ("export", "{C}/m", "{C}/out"), "export source '{C}/m': model.safetensors is cut",
      copy_of("model", "m", cut("model.safetensors", 0.7)))
+case("weights", "export-source-pickle", ("export", "{W}/pickle-model", "{C}/out"),
+     "export source '{W}/pickle-model': refused to load a pickle")
+case("weights", "chat-model-pickle", ("chat", "--model", "{W}/pickle-model"), "refused to load a pickle")
 case("weights", "export-run-cut", ("export", "{C}/run", "{C}/out"), "model.safetensors has",
      copy_of("run", "run", cut("model.safetensors", 0.7)))
 case("weights", "chat-model-cut", ("chat", "--model", "{C}/m"), "--model '{C}/m': model.safetensors is cut",

@@ -92,11 +92,14 @@ def data_command(argv: list[str]) -> int:
     config = resolve(args)
     if not config.data.datasets:
         raise ConfigError("the config names no datasets: add a section with a `datasets:` list to --configs")
-
     import datasets
 
     from trainer.data.build import build_datasets
     from trainer.data.report import dataset_figures, format_report, write_dump
+    from trainer.files import check_writable_dir
+    from trainer.resume import holds_a_run
+
+    check_writable_dir(config.outputs.output_dir, "output_dir")
     from trainer.tokens import load_tokenizer
 
     datasets.disable_progress_bars()
@@ -105,9 +108,13 @@ def data_command(argv: list[str]) -> int:
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(examples)))
     out = Path(config.outputs.output_dir)
-    write_resolved(config, out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "data_report.json").write_text(json.dumps(dict(zip((b.name for b in built), figures)), indent=1))
-    print(f"report and resolved config written to {out}/")
+    if holds_a_run(out):  # its resolved config is the run's own, listed in its completion marker
+        print(f"report written to {out}/ (the resolved config of the training run there is left as it is)")
+    else:
+        write_resolved(config, out)
+        print(f"report and resolved config written to {out}/")
     if dump is not None:
         print(f"{write_dump(dump, built, tokenizer):,} samples dumped to {dump}")
     return 0

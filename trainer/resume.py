@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoints import (MARKER, Checkpoint, finished_step, marker_problem, newest_complete, read_marker,
-                                 tidy, unmark_final)
+from trainer.checkpoints import (MARKER, STAGING, Checkpoint, finished_step, marker_problem, newest_complete,
+                                 read_marker, tidy, unmark_final)
 from trainer.config import KEY_GROUP, RESOLVED_CONFIG, TrainConfig, load_config, write_resolved
 from trainer.data.sources import resolve_input_path
 from trainer.errors import ConfigError, DataError
@@ -77,9 +77,9 @@ def stored_config(directory: Path) -> TrainConfig | None:
 
 
 def holds_a_run(output_dir: Path) -> bool:
-    return output_dir.is_dir() and any(
-        (output_dir / name).exists() for name in (RESOLVED_CONFIG, "metrics.jsonl", MARKER, ".staging")) \
-        or any(output_dir.glob("checkpoint-*"))
+    """Whether training ran here (a resolved config alone is what `delphi data` or a sweep writes first)."""
+    return output_dir.is_dir() and (any((output_dir / name).exists() for name in ("metrics.jsonl", MARKER, STAGING))
+                                    or any(output_dir.glob("checkpoint-*")))
 
 
 def check_output_dir(config: TrainConfig) -> None:

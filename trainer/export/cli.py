@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, RunError
-from trainer.files import check_writable_dir
+from trainer.files import check_writable_dir, refused_pickles
 from trainer.export.source import EXPORT_RECORD, RESOLVED_CONFIG, read_run
 from trainer.export.target import WriteOptions
 from trainer.export.targets import TARGETS
@@ -60,13 +60,14 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     problem = check.tokenizer_problem(tokenizer, texts, ids)
     if problem:
         raise RunError(f"{run.path}: its tokenizer fails the check prompts: {problem}; is the run complete?")
-    if run.is_adapter:
-        adapted = merge.load_adapter_model(run, tokenizer)
-        reference = check.run_prompts(adapted, ids)
-        model = adapted.merge_and_unload()
-    else:
-        model = merge.load_full_model(run)
-        reference = check.run_prompts(model, ids)
+    with refused_pickles(f"export source '{run.path}'"):
+        if run.is_adapter:
+            adapted = merge.load_adapter_model(run, tokenizer)
+            reference = check.run_prompts(adapted, ids)
+            model = adapted.merge_and_unload()
+        else:
+            model = merge.load_full_model(run)
+            reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
