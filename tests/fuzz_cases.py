@@ -274,9 +274,12 @@ case("weights", "hand-made-adapter-no-weights", ("export", "{C}/lora", "{C}/out"
                                     "metrics.jsonl")))
 case("weights", "hand-made-adapter-config-broken", ("export", "{C}/lora", "{C}/out"),
      "adapter_config.json: not readable JSON", copy_of("lora", "lora", lambda d: (
-         remove("delphi_complete.json", "resolved_config.yaml", "metrics.jsonl")(d), cut("adapter_config.json", 20)(d))))
-case("weights", "chat-adapter-base-moved", ("chat", "--model", "{W}/lora-moved"), "is not there (moved or deleted?)")
-case("weights", "export-adapter-base-moved", ("export", "{W}/lora-moved", "{C}/out"), "is not there (moved or deleted?)")
+         remove("delphi_complete.json", "resolved_config.yaml", "metrics.jsonl")(d),
+         cut("adapter_config.json", 20)(d))))
+case("weights", "chat-adapter-base-moved", ("chat", "--model", "{W}/lora-moved"),
+     "is not there (moved or deleted?)")
+case("weights", "export-adapter-base-moved", ("export", "{W}/lora-moved", "{C}/out"),
+     "is not there (moved or deleted?)")
 
 # ----------------------------------------------------------------------------------------------------------
 # Data files: every message names the file and line

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from trainer.checkpoints import MARKER, complete_checkpoints
 from trainer.cli import main as delphi
-from trainer.config import TrainConfig, load_config
+from trainer.config import load_config
 from trainer.errors import ConfigError
 from trainer.paths import CHECKOUT as REPO_ROOT
 from trainer.resume import check_run

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from trainer.checkpoints import (MARKER, STAGING, Checkpoint, finished_step, marker_problem, newest_complete,
                                  read_marker, tidy, unmark_final)
 from trainer.config import KEY_GROUP, RESOLVED_CONFIG, TrainConfig, load_config, write_resolved
 from trainer.data.sources import resolve_input_path
-from trainer.errors import ConfigError, DataError
-from trainer.files import check_safetensors, check_writable_dir
+from trainer.errors import ConfigError, DataError, RunError, first_line
+from trainer.files import check_safetensors, check_writable_dir, refused_pickles
 from trainer.paths import bundled
 from trainer.run_log import RunLog
 
@@ -136,10 +137,9 @@ def _shown(value: Any) -> str:
 
 def refusal(output_dir: Path, source: str, differences: dict[str, tuple[Any, Any]]) -> ConfigError:
     changed = ", ".join(f"{key} {_shown(a)} -> {_shown(b)}" for key, (a, b) in differences.items())
-    ways = (f"give a new output_dir, or --overwrite_output_dir to start over (the old run is moved aside, not "
-            f"deleted)")
+    ways = "give a new output_dir, or --overwrite_output_dir to start over (the old run is moved aside, not deleted)"
     if all(key in CHANGEABLE for key in differences):
-        ways += f", or --resume_with_changes to continue it with the new values"
+        ways += ", or --resume_with_changes to continue it with the new values"
     return ConfigError(f"output_dir '{output_dir}' holds a run ({source}) trained with other values: {changed}; "
                        f"{ways}")
 
@@ -209,3 +209,20 @@ def resume_path(config: TrainConfig, start: RunStart) -> Path | None:
         return Path(config.outputs.resume_from_checkpoint)
     found = newest_complete(start.output_dir)
     return found.path if found else None
+
+
+@contextmanager
+def loading(resume: Path | None, resumed_step: int, step: Callable[[], int]) -> Iterator[None]:
+    """Around `Trainer.train`: a checkpoint that fails to load (a pickle torch refuses, a file cut short in a
+    directory the user named, which no marker vouched for) is one line naming it. Errors after the first trained
+    step (`step()` past `resumed_step`) are the run's own and pass through."""
+    import torch
+
+    with refused_pickles(f"resume_from_checkpoint '{resume}'"):
+        try:
+            yield
+        except (OSError, RuntimeError, ValueError) as e:
+            if resume is None or step() > resumed_step or isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise RunError(f"resume_from_checkpoint '{resume}': cannot load it ({first_line(e)}); resume from "
+                           f"another checkpoint or start over with --overwrite_output_dir") from None

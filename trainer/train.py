@@ -1,9 +1,10 @@
 """One training run: config + model + data in, a trained model, checkpoints, metrics and a report out.
 
-`train()` is the whole run in reading order: arguments, the step arithmetic, what output_dir holds (resume,
-refuse, or nothing to do: `trainer.resume`), trainer, train, save, report. The model, the per-dataset samples, the collator and the sampler factory are passed in, so the same
-function runs the tests' tiny samples and the real data builder's output, on 2 CPU processes or 64 GPUs (the
-launcher, `deepspeed` or `torchrun`, sets the ranks; nothing here starts processes).
+`train()` is the whole run in reading order: arguments, the step arithmetic, what output_dir allows (resume,
+refuse, or nothing to do: `trainer.resume`), trainer, train, save, report. The model, the per-dataset samples, the
+collator and the sampler factory are passed in, so the same function runs the tests' tiny samples and the real
+data builder's output, on 2 CPU processes or 64 GPUs (the launcher, `deepspeed` or `torchrun`, sets the ranks;
+nothing here starts processes).
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from transformers.trainer_callback import ProgressCallback
 from trainer.checkpoints import complete_checkpoints
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
-from trainer.errors import ConfigError, RunError, first_line
-from trainer.files import refused_pickles
+from trainer.errors import ConfigError
 from trainer.paths import bundled
-from trainer.resume import begin_run, check_run, resume_path
+from trainer.resume import begin_run, check_run, loading, resume_path
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
@@ -169,14 +169,8 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
             run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
                              **{f"data/{k}": v for k, v in (data_report or {}).items()}})
         try:
-            with refused_pickles(f"resume_from_checkpoint '{resume}'"):
+            with loading(resume, start.resume_step, lambda: trainer.state.global_step):
                 trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except (OSError, RuntimeError, ValueError) as e:  # loading a checkpoint the user named (no marker)
-            loading = resume is not None and trainer.state.global_step <= start.resume_step
-            if not loading or isinstance(e, torch.OutOfMemoryError):
-                raise
-            raise RunError(f"resume_from_checkpoint '{resume}': cannot load it ({first_line(e)}); resume from "
-                           f"another checkpoint or start over with --overwrite_output_dir") from None
         finally:
             progress.close()
         trainer.save_final(output_dir)

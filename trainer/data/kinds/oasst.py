@@ -21,7 +21,8 @@ from trainer.schema import FieldProblems, comma_list, option
 
 # The per-filter counts, in the order a report lists them.
 COUNT_KEYS = (
-    "trees_duplicate", "messages_dropped_cycle", "trees_read", "trees_dropped_state", "trees_dropped_review", "trees_dropped_lang", "trees_kept",
+    "trees_duplicate", "messages_dropped_cycle", "trees_read", "trees_dropped_state", "trees_dropped_review",
+    "trees_dropped_lang", "trees_kept",
     "trees_without_thread", "leaf_paths", "paths_dropped_deleted", "paths_dropped_synthetic", "paths_dropped_top_k",
     "threads",
 )
