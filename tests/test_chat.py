@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from trainer.chat import main
 from trainer.chat_session import ChatSession, chat_format, fit_history
+from trainer.checkpoints import write_marker
 from trainer.cli import guarded
 from trainer.config import TrainConfig, write_resolved
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
@@ -55,6 +56,7 @@ def taught_model(directory: Path, base: Path, format_name: str) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     write_resolved(config, directory)
+    write_marker(directory, "final", 60, 1)  # the save completed, as training marks it
     return directory
 
 
@@ -185,6 +187,7 @@ def test_adapter_output_loads_base_plus_adapter_unquantized(tiny_model_dir, toke
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_resolved(config, out)
+    write_marker(out, "final", 0, 1)
 
     ids = torch.tensor([tokenizer("User: Hi\nAssistant: ")["input_ids"]])
     with torch.no_grad():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.checkpoints import write_marker
 from trainer.cli import main as delphi
 from trainer.config import TrainConfig, write_resolved
 from trainer.errors import ConfigError, RunError
@@ -42,6 +43,7 @@ def train_adapter(base: Path, out: Path, tokenizer, mode: str) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_resolved(config, out)
+    write_marker(out, "final", 3, 1)  # the save completed, as training marks it
     return out
 
 
@@ -176,6 +178,7 @@ def test_ipu_export_of_neox20b_vocab_loads_in_transformers_4_25(neox20b_tokenize
         pytest.skip("no .venv-ipu: `bash scripts/setup_ipu_env.sh` creates it (scripts/test.sh does)")
     run = save_tiny_model(tmp_path / "run", "gpt_neox", neox20b_tokenizer)
     write_resolved(TrainConfig.of(model_name="EleutherAI/pythia-12b", max_length=512), run)
+    write_marker(run, "final", 0, 1)
     result = export(run, tmp_path / "ipu", target="ipu", dtype="fp16", max_shard_size="4MB", verify=True)
 
     out = tmp_path / "ipu"

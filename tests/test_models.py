@@ -164,7 +164,7 @@ def copy_model_files(source, target, names=("config.json", "model.safetensors"))
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing", r"model_name: '.*nowhere': not a local directory and not on the hub"),
+    ("missing", r"model_name: no directory at '.*nowhere'"),
     ("no_config", r"model_name: '.*empty' has no config.json"),
     ("no_weights", r"model_name: '.*config_only' has config.json but no weights"),
     ("no_tokenizer", r"model_name: '.*weights_only' holds no tokenizer"),

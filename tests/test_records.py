@@ -53,6 +53,18 @@ def test_malformed_input_names_file_and_line(tmp_path, name, text, message):
         records(path)
 
 
+def test_skipping_skips_a_line_that_is_not_utf8_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": "caf\xe9"}\n{"a": "\xc3\xa9"}\n')
+    bad = BadRecords(skip=True)
+    assert list(read_records(path, bad)) == [(1, {"a": 1}), (3, {"a": "\u00e9"})]
+    assert bad.count == 1 and bad.first[0].startswith(f"{path}:2: not UTF-8 text")
+    array = tmp_path / "x.json"
+    array.write_bytes(b'[\n  {"a": 1},\n  {"a": "\xff"}\n]')
+    with pytest.raises(DataError, match=r"x.json:3: not UTF-8 text \(byte 0xff\)"):
+        records(array, skip=True)
+
+
 def test_skipping_counts_and_keeps_locations(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\nnope\n[]\n{"a": 2}\n')
@@ -63,7 +75,7 @@ def test_skipping_counts_and_keeps_locations(tmp_path):
 
 def test_not_utf8_or_not_gzip_is_a_data_error(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes('{"a": "caf\xe9"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match="latin.jsonl: cannot decode"):
+    with pytest.raises(DataError, match=r"latin.jsonl:1: not UTF-8 text \(byte 0xe9 at column 11\)"):
         records(tmp_path / "latin.jsonl")
     (tmp_path / "fake.jsonl.gz").write_text('{"a": 1}\n')
     with pytest.raises(DataError, match="fake.jsonl.gz: cannot decode"):

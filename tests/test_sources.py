@@ -109,7 +109,8 @@ def test_flat_rows_rebuild_the_same_threads(reference_data, tmp_path):
     rows.sort(key=lambda item: -item[0])  # every reply before its parent; siblings keep their order
     located = [(f"row {i}", row) for i, (_, row) in enumerate(rows)]
     rules = TreeFilter.from_options(DatasetConfig.of("oasst_export", top_k=2).options)
-    rebuilt = load_trees(trees_from_records(located, BadRecords()), rules, new_counts(), BadRecords())
+    counts = new_counts()
+    rebuilt = load_trees(trees_from_records(located, BadRecords(), counts), rules, counts, BadRecords())
     direct = load_source(oasst(path, top_k=2, val_split=0.0), "no-cache")
     assert Counter(thread.turns for tree_threads in rebuilt for thread in tree_threads) == \
         Counter(thread.turns for thread in direct.train)
@@ -231,6 +232,47 @@ def test_skip_counts_every_bad_line_and_keeps_the_first_few(tmp_path):
     data = load_source(oasst(path, skip_bad_lines=True, val_split=0.0), "no-cache")
     assert data.counts["bad_records_skipped"] == 7
     assert [s.split(":")[-3] for s in data.skipped] == ["1", "2", "3", "4", "5"]
+
+
+def flat(mid, role, parent=None, **fields):
+    return {"message_id": mid, "parent_id": parent, "role": role, "text": f"text of {mid}", "lang": "en",
+            "review_result": True, "message_tree_id": "t", "tree_state": "ready_for_export", **fields}
+
+
+def test_duplicate_trees_and_dropped_cycles_are_counted(tmp_path):
+    good = tree(msg("ok", PROMPTER, "q", [msg("oka", ASSISTANT, "a")]))
+    twice = load_source(oasst(write_lines(tmp_path / "twice.jsonl", [good, good]), val_split=0.0), "no-cache")
+    assert twice.counts["trees_duplicate"] == 1 and twice.counts["trees_read"] == 1 and twice.counts["threads"] == 1
+
+    # A loop of parents (no duplicate ids) hanging nowhere, with a reply below it, beside a good thread.
+    rows = [flat("r", PROMPTER), flat("a", ASSISTANT, "r"), flat("x", PROMPTER, "y"), flat("y", ASSISTANT, "x"),
+            flat("z", PROMPTER, "y")]
+    path = write_lines(tmp_path / "loop.jsonl", rows)
+    with pytest.raises(DataError, match=rf"{path}:3: message x: its parent_id chain loops back on itself; 3 "):
+        load_source(oasst(path), "no-cache")
+    data = load_source(oasst(path, skip_bad_lines=True, val_split=0.0), "no-cache")
+    assert data.counts["messages_dropped_cycle"] == 3 and data.counts["bad_records_skipped"] == 1
+    assert [t.meta["message_ids"] for t in data.train] == [("r", "a")]
+
+    # A message_id given twice makes a loop through the second copy: refused, or skipped and counted.
+    rows = [flat("r", PROMPTER), flat("a", ASSISTANT, "r"), flat("r", PROMPTER, "a")]
+    path = write_lines(tmp_path / "dup.jsonl", rows)
+    with pytest.raises(DataError, match=rf"{path}:3: message r: duplicate message_id \(first at {path}:1\)"):
+        load_source(oasst(path), "no-cache")
+    data = load_source(oasst(path, skip_bad_lines=True, val_split=0.0), "no-cache")
+    assert data.counts["bad_records_skipped"] == 1 and [t.meta["message_ids"] for t in data.train] == [("r", "a")]
+
+
+def test_a_600_turn_thread_is_walked_without_recursion(tmp_path):
+    roles = [PROMPTER, ASSISTANT]
+    rows = [flat("m0", PROMPTER)] + [flat(f"m{i}", roles[i % 2], f"m{i - 1}") for i in range(1, 600)]
+    data = load_source(oasst(write_lines(tmp_path / "deep.jsonl", rows), val_split=0.0), "no-cache")
+    assert [len(t.turns) for t in data.train] == [600]
+    nested = msg("n299", ASSISTANT, "a")
+    for i in range(298, -1, -1):
+        nested = msg(f"n{i}", roles[i % 2], "t", [nested])
+    data = load_source(oasst(write_lines(tmp_path / "nested.jsonl", [tree(nested)]), val_split=0.0), "no-cache")
+    assert [len(t.turns) for t in data.train] == [300]
 
 
 def test_no_threads_left_names_dataset_file_and_counts(tmp_path):

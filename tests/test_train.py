@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train_samples import collator, distributed_sampler, qa_samples
@@ -158,32 +159,63 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, t
     assert lrs[0] == lrs[1]
 
 
+class Payload:
+    """A pickle that runs code when loaded without `weights_only`: it creates a file."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return open, (str(self.sentinel), "w")
+
+
+def plant_deepspeed_checkpoint(out: Path, step: int, sentinel: Path, like: Path) -> Path:
+    """What an attacker (or a stray copy) leaves in a run directory: a checkpoint-N with DeepSpeed's layout and
+    pickles that run code, but no Delphi completion marker."""
+    planted = out / f"checkpoint-{step}"
+    tag = planted / f"global_step{step}"
+    tag.mkdir(parents=True)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
+        torch.save(Payload(sentinel), tag / name)
+    (planted / "latest").write_text(tag.name)
+    state = json.loads((like / "trainer_state.json").read_text())
+    (planted / "trainer_state.json").write_text(json.dumps(state | {"global_step": step}))
+    return planted
+
+
 @pytest.fixture(scope="module")
-def zero2_runs(tiny_model_dir, tmp_path_factory):
-    """torchrun with 2 CPU ranks (gloo) x accumulation 2, and with 1 rank x accumulation 4: DeepSpeed ZeRO-2 from
-    configs/zero2.json with the no-compile recipe, the same samples per optimizer step."""
+def zero2(tiny_model_dir, tmp_path_factory):
+    """`zero2(out, ranks, accumulation, save_steps)`: one torchrun of tests/zero2_worker.py with CPU ranks (gloo),
+    DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe, into TMP/out; TMP is returned with it."""
     tmp_path = tmp_path_factory.mktemp("zero2")
     ds_config = json.loads((REPO / "configs" / "zero2.json").read_text())
     ds_config["optimizer"]["params"]["torch_adam"] = True  # avoids JIT-compiling DeepSpeed's fused Adam
     (tmp_path / "zero2.json").write_text(json.dumps(ds_config))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
-    runs = {}
-    for ranks, accumulation in ((2, 2), (1, 4)):
-        out = tmp_path / f"{ranks}ranks"
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-             str(29561 + ranks), str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")),
-             str(out), str(accumulation)], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-        runs[ranks] = (out, proc.stdout)
-    return runs
+    done: dict[str, str] = {}
+
+    def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2) -> str:
+        if out not in done:
+            proc = subprocess.run(
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+                 "29561", str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path),
+                 out, str(accumulation), str(save_steps)], env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+            done[out] = proc.stdout
+        return done[out]
+
+    return tmp_path, torchrun
 
 
 @pytest.mark.slow
-def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(zero2_runs):
-    out, stdout = zero2_runs[2]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_zero2_on_two_processes_partitions_optimizer_state_counts_steps_and_resumes_exactly(zero2):
+    """Two ranks: each holds half the optimizer state, 6 steps as computed; then a second run resumes from a copy of
+    its checkpoint-4, past a planted checkpoint-5 whose pickles run code, and ends at the same weights."""
+    tmp_path, torchrun = zero2
+    stdout = torchrun("out")
+    ranks = [json.loads((tmp_path / f"out-rank{r}.json").read_text()) for r in (0, 1)]
     # 10 samples over 2 ranks = 5 each; batch 1, accum 2 -> 3 optimizer steps per epoch; 2 epochs = 6 steps.
     for r in ranks:
         assert r["deepspeed"] and r["world_size"] == 2 and r["optimizer"] == "DeepSpeedZeroOptimizer"
@@ -191,29 +223,44 @@ def test_zero2_on_two_processes_partitions_optimizer_state_and_counts_steps(zero
     total = ranks[0]["parameters"]
     assert ranks[0]["partition"] + ranks[1]["partition"] >= total
     assert all(abs(r["partition"] - total / 2) <= 16 for r in ranks)
-    checkpoint = out / "out" / "checkpoint-6"
+    checkpoint = tmp_path / "out" / "checkpoint-6"
     states = sorted(p.name for p in checkpoint.rglob("*optim_states.pt"))
     assert states == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert "tokens per optimizer step: up to 128 = 1 seq × 32 max_length × 2 accum × 2 ranks" in stdout
-    rows = read_jsonl(out / "out" / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert (out / "out" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "out" / "checkpoint-4", resumed / "checkpoint-4")
+    sentinel = tmp_path / "payload-ran"
+    planted = plant_deepspeed_checkpoint(resumed, 5, sentinel, tmp_path / "out" / "checkpoint-4")
+    stdout = torchrun("resumed")
+    assert not sentinel.exists()  # the planted pickles were never loaded
+    assert not planted.exists() and len(list((resumed / "incomplete").glob("checkpoint-5-*"))) == 1
+    assert f"resuming from {resumed / 'checkpoint-4'}" in stdout
+    assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r] == [5, 6]
+    a = load_file(tmp_path / "out" / "model.safetensors")
+    b = load_file(resumed / "model.safetensors")
+    for name in a:  # within fp32 round-off; measured bit-identical on this machine
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow
-def test_zero2_on_two_ranks_trains_like_one_rank_with_the_same_step_batch(zero2_runs, tiny_model_dir):
+def test_zero2_on_two_ranks_trains_like_one_rank_with_the_same_step_batch(zero2, tiny_model_dir):
     """Token-weighted gradients reduced across ranks equal the one-rank gradients: the parameters after the first
     step that moves them (step 3: WarmupDecayLR starts at learning rate 0), and after all six, agree within fp32
     summation-order noise."""
-    from safetensors.torch import load_file
-
-    two, one = zero2_runs[2][0], zero2_runs[1][0]
-    first = [torch.load(run / "step3.pt", weights_only=True) for run in (two, one)]
+    tmp_path, torchrun = zero2
+    torchrun("out")
+    torchrun("one", ranks=1, accumulation=4, save_steps=6)
+    two, one = tmp_path / "out", tmp_path / "one"
+    first = [torch.load(tmp_path / f"{run}-step3.pt", weights_only=True) for run in ("out", "one")]
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox")).state_dict()
     for name, value in first[1].items():
         torch.testing.assert_close(first[0][name], value, rtol=0, atol=2e-6, msg=name)
     assert any(not torch.equal(value, initial[name]) for name, value in first[1].items() if name in initial)
-    final = [load_file(run / "out" / "model.safetensors") for run in (two, one)]
+    final = [load_file(run / "model.safetensors") for run in (two, one)]
     for name, value in final[1].items():
         other = final[0][name]
         if name.endswith("attention.query_key_value.bias"):
@@ -226,7 +273,7 @@ def test_zero2_on_two_ranks_trains_like_one_rank_with_the_same_step_batch(zero2_
             assert (other[:, 1] - heads[:, 1]).abs().max() <= 0.0035 * 1.1
             value, other = heads[:, ::2], other[:, ::2]
         torch.testing.assert_close(other, value, rtol=0, atol=1e-5, msg=name)
-    losses = [[r["loss"] for r in read_jsonl(run / "out" / "metrics.jsonl") if "loss" in r] for run in (two, one)]
+    losses = [[r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r] for run in (two, one)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 

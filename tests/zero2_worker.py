@@ -1,4 +1,6 @@
-"""One rank of the ZeRO-2 tests (`torchrun --nproc_per_node N zero2_worker.py MODEL_DIR OUT ACCUMULATION`).
+"""One rank of the ZeRO-2 tests (`torchrun --nproc_per_node N zero2_worker.py MODEL_DIR TMP OUT ACCUMULATION
+SAVE_STEPS`): 6 optimizer steps into TMP/OUT, a checkpoint every SAVE_STEPS; what each rank holds goes to
+TMP/OUT-rank{r}.json and rank 0's parameters after step 3 to TMP/OUT-step3.pt.
 
 N ranks x batch 1 x ACCUMULATION is the optimizer step's batch, so 2 ranks x 2 and 1 rank x 4 train on the same
 samples per step (DistributedSampler deals one permutation round-robin) and must end at the same weights.
@@ -50,20 +52,20 @@ class Record(TrainerCallback):
         }))
 
 
-def main(model_dir: str, out: str, accumulation: str) -> None:
-    out_path = Path(out)
+def main(model_dir: str, tmp: str, out: str, accumulation: str, save_steps: str) -> None:
+    tmp_path = Path(tmp)
     tokenizer = load_tokenizer(model_dir)
-    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(out_path / "out"), deepspeed=True,
-                            deepspeed_config=str(out_path.parent / "zero2.json"), learning_rate=1e-3,
-                            num_train_epochs=2, per_device_train_batch_size=1,
-                            gradient_accumulation_steps=int(accumulation), warmup_steps=1, logging_steps=1,
-                            save_steps=6, eval_steps=3, report_to="none", max_length=32)
+    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / out), deepspeed=True,
+                            deepspeed_config=str(tmp_path / "zero2.json"), learning_rate=1e-3, num_train_epochs=2,
+                            per_device_train_batch_size=1, gradient_accumulation_steps=int(accumulation),
+                            warmup_steps=1, logging_steps=1, save_steps=int(save_steps), eval_steps=3,
+                            report_to="none", max_length=32, save_total_limit=5)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     samples = qa_samples(tokenizer, 10)
     rank = int(os.environ["RANK"])
     train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
           distributed_sampler(config.optim.rng_seed),
-          callbacks=[Record(out_path / f"rank{rank}.json", out_path / "step3.pt")])
+          callbacks=[Record(tmp_path / f"{out}-rank{rank}.json", tmp_path / f"{out}-step3.pt")])
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--system", default=None,
                         help="system prompt; \"\" for none; none = the one trained with, if use_system_prefix was on")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--base_model", default=None, help="an adapter's base model, when it has moved")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run code shipped in the model directory (never taken from the directory itself)")
     return parser.parse_args(argv)
 
 
@@ -97,14 +100,14 @@ def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
 
     options = SamplingOptions(args.temperature, args.k, args.output_length)
     prompts = example_prompts(dict(os.environ) if environ is None else environ)
-    loaded = load_for_inference(args.model)
+    loaded = load_for_inference(args.model, trust_remote_code=args.trust_remote_code, base_model=args.base_model)
     fmt, how = chat_format(loaded)
+    system = fmt.system if args.system is None else args.system or None
+    session = ChatSession(loaded, fmt, options, system)  # checks the options against the model first
     for note in [*loaded.notes, how]:
         print(note, file=sys.stderr)
     if args.seed is not None:
         set_seed(args.seed)
-    system = fmt.system if args.system is None else args.system or None
-    session = ChatSession(loaded, fmt, options, system)
     try:
         chat(session, prompt_reader(prompts, sys.stdout))
     except (EOFError, KeyboardInterrupt):

@@ -107,29 +107,36 @@ def data_command(argv: list[str]) -> int:
     if not str(examples).isdigit():
         raise ConfigError(f"--examples must be a number of samples (0 or more), got {examples!r}")
     dump = Path(args.extra["dump"]) if "dump" in args.extra else None
-    if dump is not None and not dump.parent.is_dir():
-        raise ConfigError(f"--dump {dump}: the directory {dump.parent} does not exist")
+    if dump is not None and (dump.is_dir() or not dump.parent.is_dir()):
+        raise ConfigError(f"--dump {dump}: " + ("is a directory; give a file name" if dump.is_dir() else
+                                                f"the directory {dump.parent} does not exist"))
     config = resolve(args)
     if not config.data.datasets:
         raise ConfigError("the config names no datasets: add a section with a `datasets:` list to --configs")
-
     import datasets
 
     from trainer.data.build import build_datasets
     from trainer.data.report import dataset_figures, format_report, write_dump
+    from trainer.files import check_writable_dir
     from trainer.formats import FORMATS
+    from trainer.resume import holds_a_run
     from trainer.tokens import load_tokenizer
 
+    check_writable_dir(config.outputs.output_dir, "output_dir")
     datasets.disable_progress_bars()
-    tokenizer = load_tokenizer(config.model.tokenizer,
-                               format_tokens=FORMATS[config.data.prompt_format].required_tokens)
+    tokenizer = load_tokenizer(config.model.tokenizer, format_tokens=FORMATS[config.data.prompt_format].required_tokens,
+                               trust_remote_code=config.model.trust_remote_code)
     built = build_datasets(config.data, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(examples)))
     out = Path(config.outputs.output_dir)
-    write_resolved(config, out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "data_report.json").write_text(json.dumps(dict(zip((b.name for b in built), figures)), indent=1))
-    print(f"report and resolved config written to {out}/")
+    if holds_a_run(out):  # its resolved config is the run's own, listed in its completion marker
+        print(f"report written to {out}/ (the resolved config of the training run there is left as it is)")
+    else:
+        write_resolved(config, out)
+        print(f"report and resolved config written to {out}/")
     if dump is not None:
         print(f"{write_dump(dump, built, tokenizer):,} samples dumped to {dump}")
     return 0

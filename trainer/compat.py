@@ -57,6 +57,50 @@ class TrainerSeams:
             shard.num_processes, shard.process_index = 1, 0
         return loader
 
+    checkpoint_staging: str | None = None  # set while a checkpoint is being written
+
+    def _get_output_dir(self, trial) -> str:
+        """Where `Trainer._save_checkpoint` puts `checkpoint-N`: the staging directory while Delphi saves one."""
+        return self.checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers 5.24 writes `checkpoint-N` in place, file by file, with no mark of completion, and rotates
+        by mtime, counting torn leftovers. Here the Trainer writes it under `.staging/` and `checkpoint_saved`
+        (trainer.checkpoints) publishes it once every rank is done; `save_total_limit` is given to the Trainer as
+        None, so it rotates nothing itself."""
+        from trainer.checkpoints import staging_dir
+
+        self.before_save()
+        self.checkpoint_staging = str(staging_dir(Path(self.args.output_dir)))
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            staged, self.checkpoint_staging = self.checkpoint_staging, None
+        self.checkpoint_saved(Path(staged) / f"checkpoint-{self.state.global_step}")
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
+                                 learning_rate=None) -> None:
+        """Called after every optimizer step with the loss summed since the last log and this step's gradient
+        norm, the only place both are seen each step (callbacks get the norm at logging steps only)."""
+        self.observe_step(tr_loss, grad_norm, self.accelerator.optimizer_step_was_skipped)
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
+                                         learning_rate=learning_rate)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        """A resumed LambdaLR (linear, cosine) keeps the checkpoint's `base_lrs`, and the optimizer the learning rate
+        of the checkpoint's schedule for its first step, so a resume with a new learning_rate or num_train_epochs
+        would go on with the old ones. Both are set again from the configured peak and the new schedule at the
+        resumed step; for an unchanged run that recomputes the same numbers."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        scheduler = self.lr_scheduler
+        scheduler.base_lrs = [self.args.learning_rate] * len(scheduler.base_lrs)
+        rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """transformers 5.24 saves full-model checkpoints under the hub's key names (GPT-NeoX: `embed_out`, not
         `lm_head`) but reloads them with a plain `load_state_dict(strict=False)`, which leaves such weights at

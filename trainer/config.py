@@ -58,6 +58,10 @@ RETIRED_OASST_KEYS = {
     "world_size": "the launcher sets it (`torchrun --nproc_per_node N`, `deepspeed --num_gpus N`)",
 }
 RESUME_LAST = "last"  # resume_from_checkpoint: the newest checkpoint in output_dir (OASST's and HF's `True`)
+# How this invocation treats output_dir, not how the run trains: never written into resolved_config.yaml, so
+# rerunning from that file does not start over or change a run again.
+INVOCATION_KEYS = ("overwrite_output_dir", "resume_with_changes")
+RESOLVED_CONFIG = "resolved_config.yaml"
 SEED_LIMIT = 2**32  # numpy's legacy seeding, which transformers' set_seed uses, takes 0 .. 2**32 - 1
 MAX_EPOCHS = 10_000
 
@@ -305,12 +309,17 @@ class OptimConfig:
     max_grad_norm: float = option(2.0, "gradient clipping norm")
     deepspeed: bool = option(False, "train under DeepSpeed with deepspeed_config")
     deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config)")
+    divergence_spike_factor: float = option(5.0, "stop the run when the logged loss stays above this many times "
+                                                 "its running median (taken as at least 1); 0: off (a nan or inf "
+                                                 "loss or gradient norm always stops it)")
+    divergence_window: int = option(20, "the running median of the spike rule covers this many logged losses")
+    divergence_patience: int = option(3, "logged losses in a row above the spike line that stop the run")
 
     def __post_init__(self) -> None:
         problems = at_least(self, 1, "per_device_train_batch_size", "per_device_eval_batch_size",
-                            "gradient_accumulation_steps")
+                            "gradient_accumulation_steps", "divergence_window", "divergence_patience")
         problems += finite_positive(self, "learning_rate")
-        for name in ("weight_decay", "max_grad_norm", "adam_epsilon"):
+        for name in ("weight_decay", "max_grad_norm", "adam_epsilon", "divergence_spike_factor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 problems.append((name, f"must be a finite number of at least 0, got {value}"))
@@ -334,7 +343,7 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         problems = at_least(self, 1, "eval_steps", "save_steps") + at_least(self, 0, "warmup_steps")
         problems += finite_positive(self, "num_train_epochs")
-        if self.num_train_epochs > MAX_EPOCHS:
+        if math.isfinite(self.num_train_epochs) and self.num_train_epochs > MAX_EPOCHS:
             problems.append(("num_train_epochs", f"must be at most {MAX_EPOCHS:,}, got {self.num_train_epochs:g}"))
         check(problems)
 
@@ -381,8 +390,12 @@ class OutputConfig:
     output_dir: str = option("saved_model", "where the model, checkpoints and metrics go ($VARS are expanded)")
     save_total_limit: int = option(4, "checkpoints kept")
     resume_from_checkpoint: str | None = option(
-        None, f"a checkpoint directory; {RESUME_LAST} (a bare --resume_from_checkpoint): the newest in output_dir, "
-              f"which must have one; none: the newest if any", flag=RESUME_LAST)
+        None, f"a checkpoint directory; {RESUME_LAST} (a bare --resume_from_checkpoint): the newest complete one in "
+              f"output_dir, which must have one; none: the newest complete one if any", flag=RESUME_LAST)
+    overwrite_output_dir: bool = option(False, "start over in an output_dir that holds another run (that run is "
+                                               "moved aside to OUTPUT_DIR.previous-TIME, not deleted)")
+    resume_with_changes: bool = option(False, "resume although num_train_epochs, learning_rate or max_grad_norm "
+                                              "changed: the schedule continues as if planned with the new values")
 
     def __post_init__(self) -> None:
         check(at_least(self, 1, "save_total_limit"))
@@ -445,9 +458,15 @@ def read_sections(paths: list[Path]) -> dict[str, Section]:
     sections: dict[str, Section] = {}
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); config files must be "
+                              f"UTF-8") from None
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
@@ -462,6 +481,7 @@ def read_sections(paths: list[Path]) -> dict[str, Section]:
                 if name in sections:
                     s = sections[name]
                     raise ConfigError(f"{where}: section '{name}' is already defined at {s.file}:{s.line}")
+                _refuse_repeated_keys(value_node, path, name)
                 values = loader.construct_object(value_node, deep=True)
                 if values is None:
                     values = {}
@@ -479,6 +499,26 @@ def read_sections(paths: list[Path]) -> dict[str, Section]:
         finally:
             loader.dispose()
     return sections
+
+
+def _refuse_repeated_keys(node: yaml.Node, path: Path, section: str) -> None:
+    """YAML keeps the last of a key given twice in one mapping without a word; a config that says two things is
+    refused, naming both lines."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in seen:
+                        raise ConfigError(f"{path}:{line}: key '{key.value}' given twice in section '{section}' "
+                                          f"(first at line {seen[key.value]}); keep one")
+                    seen[key.value] = line
+                stack.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
 
 
 def default_config_files() -> list[Path]:
@@ -648,7 +688,10 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
 
 def write_resolved(config: TrainConfig, directory: Path | str) -> Path:
     """Write the resolved config (plain YAML, loadable as a section) beside a run's outputs."""
-    path = Path(directory) / "resolved_config.yaml"
+    path = Path(directory) / RESOLVED_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"resolved": config.flat()}, sort_keys=False, allow_unicode=True))
+    values = {k: v for k, v in config.flat().items() if k not in INVOCATION_KEYS}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump({"resolved": values}, sort_keys=False, allow_unicode=True))
+    tmp.replace(path)  # whole or absent, whenever a run is killed
     return path

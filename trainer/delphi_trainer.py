@@ -7,6 +7,8 @@ resume, per-dataset evaluation (`eval_<name>_loss`). What changes:
 - `get_train_dataloader`: the sampler comes from a factory and is already split across ranks (the seams into
   the Trainer's internals that this needs are in `trainer.compat`).
 - `log`: adds trained tokens, trained tokens/s, padding fraction and peak memory to every training log.
+- checkpoints are staged and published complete (`trainer.checkpoints`), and the divergence guard
+  (`trainer.divergence`) watches every step and is asked before every log, evaluation and save.
 """
 from __future__ import annotations
 
@@ -14,14 +16,18 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils.data import ConcatDataset, Sampler
 from transformers import Trainer, TrainerCallback
 
+from trainer import checkpoints
 from trainer.compat import TrainerSeams
 from trainer.data.sampler import TokenBudgetBatchSampler
+from trainer.config import TrainConfig, write_resolved
+from trainer.divergence import DivergenceGuard, stopped, weights_finite
 from trainer.loss import summed_token_loss
 
 # (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
@@ -65,8 +71,13 @@ class SamplerEpochCallback(TrainerCallback):
 
 
 class DelphiTrainer(TrainerSeams, Trainer):
-    def __init__(self, *args, sampler_factory: SamplerFactory, chunked_loss: bool = True, **kwargs):
+    def __init__(self, *args, sampler_factory: SamplerFactory, run_config: TrainConfig, chunked_loss: bool = True,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_config = run_config
+        optim = run_config.optim
+        self.guard = DivergenceGuard(optim.divergence_spike_factor, optim.divergence_window,
+                                     optim.divergence_patience, self.args.device)
         self.sampler_factory = sampler_factory
         self.chunked_loss = chunked_loss
         self.flops_per_token = 6 * self.model.num_parameters(exclude_embeddings=True)
@@ -109,6 +120,7 @@ class DelphiTrainer(TrainerSeams, Trainer):
                         metric_key_prefix="eval"):
         """The split's loss as one token-weighted mean (the Trainer averages per-batch means, so a short answer
         would weigh as much as a long one and the figure would depend on the eval batch size)."""
+        self.check_divergence()
         self.eval_totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
@@ -122,6 +134,50 @@ class DelphiTrainer(TrainerSeams, Trainer):
         if "loss" in logs:
             logs.update(self.throughput())
         super().log(logs, start_time)
+        if "loss" in logs:  # logged as it is (nan stays nan), then judged
+            self.guard.observe_log(self.state.global_step, logs["loss"])
+            self.check_divergence()
+
+    # ------------------------------------------------------------------------------------------------------
+    # The divergence guard and complete checkpoints (the Trainer calls these through trainer.compat)
+
+    def observe_step(self, tr_loss: torch.Tensor, grad_norm, skipped: bool) -> None:
+        self.guard.observe_step(self.state.global_step, tr_loss, grad_norm, skipped)
+
+    def check_divergence(self, weights: bool = False) -> None:
+        """Raises the run's closing RunError if it diverged; `weights` also checks every trainable weight (before
+        anything is saved)."""
+        finite = weights_finite(self.model) if weights else None
+        what = self.guard.verdict(finite, self.args.world_size)
+        if what is not None:
+            last = checkpoints.newest_complete(Path(self.args.output_dir))
+            raise stopped(what, self.state.global_step, str(last.path) if last else None)
+
+    def before_save(self) -> None:
+        self.check_divergence(weights=True)
+
+    def checkpoint_saved(self, staged: Path) -> None:
+        """Every rank has written its part of `staged`: the main process adds the resolved config, marks it
+        complete, renames it into output_dir and rotates the old ones out."""
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            output_dir = Path(self.args.output_dir)
+            write_resolved(self.run_config, staged)
+            checkpoints.publish(staged, output_dir, self.state.global_step, self.args.world_size)
+            checkpoints.rotate(output_dir, self.run_config.outputs.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, output_dir: Path) -> None:
+        """The final model, tokenizer and resolved config, published complete (a kill part-way leaves the run
+        unfinished, to be resumed), never from a diverged run."""
+        self.check_divergence(weights=True)
+        staged = checkpoints.staging_dir(output_dir) / checkpoints.FINAL
+        self.save_model(str(staged))
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_resolved(self.run_config, staged)
+            checkpoints.publish_final(staged, output_dir, self.state.global_step, self.args.world_size)
+        self.accelerator.wait_for_everyone()
 
     def throughput(self) -> dict[str, float]:
         """Token figures summed over ranks (a collective: every rank logs training metrics at the same step)."""

@@ -17,3 +17,9 @@ class DataError(DelphiError):
 class RunError(DelphiError):
     """A run that could not do what was asked of a valid config: a failed export check, a prompt that does not
     fit the context, an old-library verification that disagrees."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception, for the one line Delphi prints (some span pages)."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -18,8 +18,10 @@ import torch
 from trainer import compat
 from trainer.architectures import ARCHITECTURES, Architecture
 from trainer.config import AdapterConfig, ModelConfig
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, first_line
+from trainer.files import check_safetensors, refused_pickles
 from trainer.lora import add_adapters, linear_module_names
+from trainer.paths import looks_like_path
 from trainer.tokens import padded_vocab_size
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,9 @@ def check_model_source(model: ModelConfig, adapters: AdapterConfig) -> ModelSour
     if not name:
         raise ConfigError("model_name: not set; give a hub name or a local Hugging Face model directory")
     local = Path(name)
+    if looks_like_path(name) and not local.exists():
+        raise ConfigError(f"model_name: no directory at '{name}' (and it is not a hub name, which has at most one "
+                          f"'/')")
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(f"model_name: '{name}' has no config.json; expected a Hugging Face model directory")
     try:
@@ -75,6 +80,8 @@ def check_model_source(model: ModelConfig, adapters: AdapterConfig) -> ModelSour
                           f"{', '.join(ARCHITECTURES)}")
     if local.exists() and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
         raise ConfigError(f"model_name: '{name}' has config.json but no weights (*.safetensors or *.bin)")
+    if local.exists():
+        check_safetensors(local, "model_name")
     _check_tokenizer_source(model)
     remote_code = model.trust_remote_code and bool(getattr(hf_config, "auto_map", None))
     with torch.device("meta"):
@@ -118,6 +125,7 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     notes: list[str] = []
     for name in arch.dropout_fields:
         setattr(hf_config, name, model.residual_dropout)
+    check_tokenizer_fits(source, tokenizer, model)
     hf_config.use_cache = False  # a training forward must not build a cache (it also breaks packed rows)
     if arch.adapt_config:
         notes += arch.adapt_config(hf_config, max_length)
@@ -131,8 +139,15 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     if quantized:
         kwargs["quantization_config"] = quantization_config(model, adapters)
         kwargs["device_map"] = {"": _local_device()}
-    with arch.quantized_load() if quantized and arch.quantized_load else nullcontext():
-        loaded = AutoModelForCausalLM.from_pretrained(source.name, **kwargs)
+    try:
+        with arch.quantized_load() if quantized and arch.quantized_load else nullcontext(), \
+                refused_pickles(f"model_name '{source.name}'"):
+            loaded = AutoModelForCausalLM.from_pretrained(source.name, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, RuntimeError) as e:  # a cut .bin, weights that do not fit config.json
+        raise ConfigError(f"model_name '{source.name}': cannot load its weights ({first_line(e)})") from None
+    check_finite_weights(loaded, source.name)
     if quantized:
         notes.append(f"4-bit {adapters.quant_type}: {check_quantized(loaded, source.name)} linear layers quantized")
         compat.keep_4bit_weights_trainable(loaded)
@@ -251,6 +266,43 @@ def set_token_ids(model, tokenizer, end_key: str | None = None) -> None:
     stop = tokenizer.encode(end_key, add_special_tokens=False) if end_key else []
     if generation is not None and len(stop) == 1 and stop[0] != tokenizer.eos_token_id:
         generation.eos_token_id = [tokenizer.eos_token_id, stop[0]]
+
+
+def check_tokenizer_fits(source: ModelSource, tokenizer, config: ModelConfig) -> None:
+    """A tokenizer that does not belong to the model, caught from config.json before the weights load: its base
+    vocabulary must have embedding rows (tokens added on top, like the chat tokens, get new rows), and its end
+    token must be the one the model was trained with (config.json's eos_token_id, where it names one). A foreign
+    tokenizer of the same size and end token cannot be told apart this cheaply."""
+    rows = getattr(source.hf_config, "vocab_size", None)
+    key = "tokenizer_name" if config.tokenizer_name else "model_name"
+    if isinstance(rows, int) and tokenizer.vocab_size > rows:
+        raise ConfigError(f"{key}: '{config.tokenizer}' has a vocabulary of {tokenizer.vocab_size:,} tokens but "
+                          f"model_name '{config.model_name}' has {rows:,} embedding rows (config.json vocab_size): "
+                          f"the tokenizer does not belong to the model")
+    eos = _declared(source.name).get("eos_token_id")  # as written: a class default says nothing
+    allowed = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    if allowed and tokenizer.eos_token_id not in allowed:
+        raise ConfigError(f"{key}: '{config.tokenizer}' ends text with {tokenizer.eos_token!r} (id "
+                          f"{tokenizer.eos_token_id}), but model_name '{config.model_name}' was trained to end it "
+                          f"with id {eos} (config.json eos_token_id): the tokenizer does not belong to the model")
+
+
+def _declared(name: str) -> dict[str, Any]:
+    """config.json as written (no class defaults filled in)."""
+    from transformers import PretrainedConfig
+
+    try:
+        return PretrainedConfig.get_config_dict(name)[0]
+    except (OSError, ValueError):
+        return {}
+
+
+def check_finite_weights(model, name: str) -> None:
+    """A nan or inf in the weights makes every loss nan; said at load, naming the tensor."""
+    for param_name, param in model.named_parameters():
+        if param.dtype.is_floating_point and not bool(torch.isfinite(param).all()):
+            raise ConfigError(f"model_name: '{name}': weight {param_name} holds nan or inf values; the "
+                              f"checkpoint is damaged")
 
 
 def check_vocab_fits(model, tokenizer, config: ModelConfig) -> None:

@@ -19,3 +19,9 @@ def bundled(path: str) -> str:
         if (root / local).exists():
             return str(root / local)
     return path
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a local path (a hub id is `name` or `org/name`): a missing one is reported as a
+    missing directory, not as a malformed hub id."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name

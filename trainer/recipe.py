@@ -1,7 +1,11 @@
 """The SFT recipe: config in, trained model out. What `delphi train`, `trainer_sft.py`, the sweeps' trials, the
 benchmarks and the tests all run.
 
-    tokenizer -> model (full / LoRA / QLoRA) -> datasets (cached) -> collator -> sampler -> train()
+    seed -> checks -> tokenizer -> datasets (cached) -> model (full / LoRA / QLoRA) -> collator -> sampler -> train()
+
+The cheap checks come first (output_dir and what it holds, cache_dir, the model's config.json and weights files,
+the tokenizer against the model) and the datasets are read before the weights load, so that a bad input is one
+line within seconds, not after minutes of loading.
 """
 from __future__ import annotations
 
@@ -30,28 +34,43 @@ def sampler_factory(config: TrainConfig, built, counts: Sequence[int]):
         world_size=world_size, resample=data.use_custom_sampler, sort_by_length=data.sort_by_length)
 
 
-def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
+def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     """Train as the config says, on 1 process or many (the launcher, `torchrun` or `deepspeed`, sets the ranks).
-    `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them)."""
+    `callbacks` are extra `transformers.TrainerCallback`s (benchmarks and tests watch the run through them).
+    None: output_dir holds this run, finished."""
+    from transformers import set_seed
+
     from trainer.data.build import build_datasets
     from trainer.data.collate import packing_isolation, training_collator
     from trainer.data.report import dataset_figures, dataset_stats
     from trainer.data.sampler import draw_counts
     from trainer.formats import FORMATS, format_for
-    from trainer.models import VARLEN_ATTENTIONS, load_model
+    from trainer.models import VARLEN_ATTENTIONS, check_model_source, check_tokenizer_fits, load_model
+    from trainer.resume import check_run
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
-    data = config.data
-    tokenizer = load_tokenizer(config.model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if start.finished_step is not None:
+        if rank0:
+            print(start.finished_line(), flush=True)
+        return None
+    model, data = config.model, config.data
+    source = check_model_source(model, config.adapters)
+    tokenizer = load_tokenizer(model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens,
+                               model.trust_remote_code)
+    check_tokenizer_fits(source, tokenizer, model)
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()
-    loaded = load_model(config.model, config.adapters, tokenizer, max_length=data.max_length,
+    built = build_datasets(data, tokenizer)
+    # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
+    # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
+    set_seed(config.optim.rng_seed)
+    loaded = load_model(model, config.adapters, tokenizer, max_length=data.max_length,
                         deepspeed=config.optim.deepspeed, padding_free=data.padding_free)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         print("\n".join(loaded.notes), flush=True)
-    built = build_datasets(data, tokenizer)
     counts = draw_counts(data.datasets, [len(b.train) for b in built])
     if rank0 and config.logging.shows_dataset_stats:
         print(dataset_stats(built, counts, data.use_custom_sampler), flush=True)

@@ -15,13 +15,25 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from trainer.config import LoggingConfig
+from trainer.errors import ConfigError
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows a RunLog wrote (none if the file is missing), for reports and model cards."""
+    """The rows a RunLog wrote (none if the file is missing), for reports and model cards. A last line without
+    its newline was cut by a kill mid-write and is left out; any other bad line is an error naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: not a metrics row (expected one JSON object per line)") from None
+    return rows
 
 
 class RunLog:
@@ -50,6 +62,18 @@ class RunLog:
                              group=logging.wandb_group, tags=logging.tags or None, config=run_config,
                              settings=wandb.Settings(quiet=True) if quiet else None)
         return cls(output_dir / "metrics.jsonl", run)
+
+    @staticmethod
+    def cut_after(path: Path, step: int) -> None:
+        """Before a run (re)starts at `step`: drop the rows of later steps (the resumed run logs them again) and
+        the one-off summary rows (it writes its own), so that each step is in the file once after any number of
+        resumes."""
+        if not path.is_file():
+            return
+        kept = [row for row in read_metrics(path) if row.get("step") is not None and row["step"] <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        tmp.replace(path)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         with self.path.open("a", encoding="utf-8") as f:
@@ -89,16 +113,21 @@ class EvalRound:
 
 
 class RunLogCallback(TrainerCallback):
-    """Every `Trainer.log` call (training, evaluation, the end of training) goes to the run log; once all of an
-    evaluation's validation sets are in, their mean is logged as `eval_loss`, the one overall figure a sweep (or a
-    wandb agent) can rank runs by."""
+    """Every `Trainer.log` call (training, evaluation) goes to the run log; once all of an evaluation's validation
+    sets are in, their mean is logged as `eval_loss`, the one overall figure a sweep (or a wandb agent) can rank runs
+    by. The Trainer's end-of-training figures (runtime, mean loss of this start) are kept for the closing summary
+    row instead of a step row, since a resumed run ends again at the same step."""
 
     def __init__(self, run_log: RunLog, eval_names: Sequence[str] = ()):
         self.run_log = run_log
         self.round = EvalRound(eval_names)
+        self.end: dict[str, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not (state.is_world_process_zero and logs):
+            return
+        if "train_runtime" in logs:
+            self.end = dict(logs)
             return
         self.run_log.log(dict(logs), state.global_step)
         losses = self.round.add(logs)
@@ -117,6 +146,12 @@ class TokenProgressCallback(ProgressCallback):
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         return None
+
+    def close(self) -> None:
+        """Ends the bar's line when training stops with an error, so that the error is a line of its own."""
+        if self.training_bar is not None:
+            self.training_bar.close()
+            self.training_bar = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not (logs and state.is_world_process_zero and self.training_bar is not None):

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 from trainer.errors import ConfigError
+from trainer.paths import looks_like_path
 
 PROMPTER_TOKEN, ASSISTANT_TOKEN, SYSTEM_TOKEN = "<|prompter|>", "<|assistant|>", "<|system|>"
 # Added in this fixed order, so the new ids never depend on the process (OASST's set() order did).
@@ -14,16 +16,19 @@ IGNORE_INDEX = -100  # the label of a token that is not trained (what torch's cr
 
 
 def load_tokenizer(name_or_path: str | None, model_max_length: int | None = None,
-                   format_tokens: Sequence[str] = ()):
+                   format_tokens: Sequence[str] = (), trust_remote_code: bool = False):
     """AutoTokenizer plus the chat special tokens, any other special token the prompt format needs
-    (`PromptFormat.required_tokens`), and a pad token (`<|padding|>` where the vocab has it)."""
+    (`PromptFormat.required_tokens`), and a pad token (`<|padding|>` where the vocab has it).
+    `trust_remote_code` is always passed: left out, transformers asks on the terminal when a directory ships code."""
     from transformers import AutoTokenizer
 
     if not name_or_path:
         raise ConfigError("no tokenizer: set 'model_name' (or 'tokenizer_name') to a hub name or a local directory")
+    if looks_like_path(name_or_path) and not Path(name_or_path).exists():
+        raise ConfigError(f"tokenizer '{name_or_path}': no such directory (and it is not a hub name)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {str(e).splitlines()[0]}") from None
     add_chat_tokens(tokenizer, format_tokens)
     if model_max_length:

@@ -1,9 +1,10 @@
 """One training run: config + model + data in, a trained model, checkpoints, metrics and a report out.
 
-`train()` is the whole run in reading order: arguments, trainer, the step arithmetic line, resume, train, save,
-report. The model, the per-dataset samples, the collator and the sampler factory are passed in, so the same
-function runs the tests' tiny samples and the real data builder's output, on 2 CPU processes or 64 GPUs (the
-launcher, `deepspeed` or `torchrun`, sets the ranks; nothing here starts processes).
+`train()` is the whole run in reading order: arguments, the step arithmetic, what output_dir allows (resume,
+refuse, or nothing to do: `trainer.resume`), trainer, train, save, report. The model, the per-dataset samples, the
+collator and the sampler factory are passed in, so the same function runs the tests' tiny samples and the real
+data builder's output, on 2 CPU processes or 64 GPUs (the launcher, `deepspeed` or `torchrun`, sets the ranks;
+nothing here starts processes).
 """
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import ConcatDataset
 from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.config import RESUME_LAST, TrainConfig, write_resolved
+from trainer.checkpoints import complete_checkpoints
+from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.paths import bundled
+from trainer.resume import begin_run, check_run, loading, resume_path
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
@@ -64,12 +67,12 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         eval_steps=schedule.eval_steps,
         save_strategy="steps",
         save_steps=schedule.save_steps,
-        save_total_limit=out.save_total_limit,
+        save_total_limit=None,  # Delphi rotates, complete checkpoints only (trainer.checkpoints)
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is (trainer.divergence); no per-step read
         report_to="none",  # RunLog writes metrics.jsonl and wandb itself
         remove_unused_columns=False,  # samples go to the collator as the data builder made them
         prediction_loss_only=True,  # evaluation keeps no logits
         average_tokens_across_devices=True,
-        logging_nan_inf_filter=False,  # log the true loss (NaN stays NaN), and no per-step isnan read-back
         accelerator_config={"non_blocking": cuda},  # pinned batches are copied while the GPU works
         torch_compile=config.model.compile,
     )
@@ -136,66 +139,60 @@ class TrainResult:
         ])
 
 
-def resume_point(config: TrainConfig) -> str | None:
-    """`resume_from_checkpoint` if set (it must exist), else the newest checkpoint in output_dir, else None;
-    `last` (OASST's bare flag) is the newest checkpoint in output_dir, which must then exist."""
-    out = config.outputs
-    if out.resume_from_checkpoint == RESUME_LAST:
-        directory = Path(out.output_dir)
-        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
-        if last is None:
-            raise ConfigError(f"resume_from_checkpoint: {RESUME_LAST}, but output_dir {directory} holds no "
-                              f"checkpoint-N directory to resume from")
-        return last
-    if out.resume_from_checkpoint:
-        path = Path(out.resume_from_checkpoint)
-        if not path.is_dir():
-            raise ConfigError(f"resume_from_checkpoint: no checkpoint directory at {path}")
-        return str(path)
-    directory = Path(out.output_dir)
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
-
-
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
-          callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult:
-    """Train `model` on the concatenated train splits; evaluate each validation split by name."""
+          callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult | None:
+    """Train `model` on the concatenated train splits; evaluate each validation split by name. Returns None when
+    output_dir already holds this run, finished (said in one line)."""
     output_dir = Path(config.outputs.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
     args = training_arguments(config, has_eval=bool(evals), optim_name=optim)
-    run_log = RunLog.start(config.logging, output_dir, config.flat()) if args.process_index == 0 \
-        else RunLog(output_dir / "metrics.jsonl")
-    trainer = DelphiTrainer(
-        model=model, args=args, processing_class=tokenizer, data_collator=collator,
-        train_dataset=ConcatDataset(list(train_sets.values())), eval_dataset=evals or None,
-        sampler_factory=sampler_factory, chunked_loss=config.model.chunked_loss,
-        callbacks=[RunLogCallback(run_log, tuple(evals)), *callbacks])
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(TokenProgressCallback(tuple(evals)))
-
-    plan = StepPlan.of(config, len(trainer.train_sampler), args.world_size)
-    resume = resume_point(config)
-    if trainer.is_world_process_zero():
-        print(plan.describe(), flush=True)
-        if resume:
-            print(f"resuming from {resume}", flush=True)
-        run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
-                         **{f"data/{k}": v for k, v in (data_report or {}).items()}})
-
-    with quiet_weight_bars():
-        trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(output_dir))
-    figures = trainer.throughput()
-    if trainer.is_world_process_zero():
-        write_resolved(config, output_dir)
-    result = TrainResult(
-        global_step=trainer.state.global_step, epochs=trainer.state.epoch or 0.0,
-        trained_tokens=figures["trained_tokens"], trained_tokens_per_second=figures["trained_tokens_per_second"],
-        peak_memory_gib=peak_memory_gib(), output_dir=output_dir,
-        checkpoints=tuple(sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))),
-        metrics_path=run_log.path)
-    if trainer.is_world_process_zero():
-        run_log.summary({"final/" + k: v for k, v in figures.items()} | {"final/global_step": result.global_step})
-        print(result.report(), flush=True)
-    run_log.finish()
+    main = args.process_index == 0
+    dataset = ConcatDataset(list(train_sets.values()))
+    sampler = sampler_factory(dataset, args.world_size, args.process_index)
+    plan = StepPlan.of(config, len(sampler), args.world_size)
+    start = check_run(config, args.world_size, plan.total_steps)
+    if start.finished_step is not None:
+        if main:
+            print(start.finished_line(), flush=True)
+        return None
+    if main:
+        begin_run(config, start)
+    PartialState().wait_for_everyone()  # the other ranks look for the checkpoint once it is tidied
+    resume = resume_path(config, start)
+    run_log = RunLog.start(config.logging, output_dir, config.flat()) if main else RunLog(output_dir / "metrics.jsonl")
+    log_callback = RunLogCallback(run_log, tuple(evals))
+    try:
+        trainer = DelphiTrainer(
+            model=model, args=args, processing_class=tokenizer, data_collator=collator, train_dataset=dataset,
+            eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
+            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, *callbacks])
+        trainer.remove_callback(ProgressCallback)
+        progress = TokenProgressCallback(tuple(evals))
+        trainer.add_callback(progress)
+        if main:
+            print(plan.describe(), flush=True)
+            if resume:
+                print(f"resuming from {resume}", flush=True)
+            run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
+                             **{f"data/{k}": v for k, v in (data_report or {}).items()}})
+        try:
+            with quiet_weight_bars(), loading(resume, start.resume_step, lambda: trainer.state.global_step):
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            progress.close()
+        with quiet_weight_bars():
+            trainer.save_final(output_dir)
+        figures = trainer.throughput()
+        result = TrainResult(
+            global_step=trainer.state.global_step, epochs=trainer.state.epoch or 0.0,
+            trained_tokens=figures["trained_tokens"], trained_tokens_per_second=figures["trained_tokens_per_second"],
+            peak_memory_gib=peak_memory_gib(), output_dir=output_dir,
+            checkpoints=tuple(c.path for c in complete_checkpoints(output_dir)), metrics_path=run_log.path)
+        if main:
+            run_log.summary({"final/" + k: v for k, v in figures.items()} | {"final/global_step": result.global_step}
+                            | {"final/" + k: v for k, v in log_callback.end.items()})
+            print(result.report(), flush=True)
+    finally:
+        run_log.finish()
     return result

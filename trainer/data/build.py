@@ -25,6 +25,8 @@ import pyarrow as pa
 from trainer.config import DataConfig, DatasetConfig
 from trainer.data.sources import load_source, resolve_input_path
 from trainer.data.tokenize import EncodeStats, SegmentEncoder, encode_all
+from trainer.errors import DataError
+from trainer.files import check_writable_dir
 from trainer.formats import PromptFormat, format_for
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ def entry_names(data: DataConfig) -> list[str]:
 
 
 def build_datasets(data: DataConfig, tokenizer, rebuild: bool = False) -> list[BuiltDataset]:
+    check_writable_dir(data.cache_dir, "cache_dir")
     fmt = format_for(data, tokenizer)
     encoder = SegmentEncoder(tokenizer)
     return [_build_one(name, ds, data, tokenizer, fmt, encoder, rebuild)
@@ -122,9 +125,12 @@ def cache_key(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer,
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in files:
         h.update(str(path).encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     return h.hexdigest()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from trainer.errors import DataError
 
 # How many skipped locations a report shows; the count is always complete.
 KEPT_LOCATIONS = 5
+BOM, NEWLINE = b"\xef\xbb\xbf", b"\n"
 
 
 @dataclass
@@ -35,49 +37,75 @@ class BadRecords:
             self.first.append(str(error))
 
 
-def open_text(path: Path) -> IO[str]:
-    """UTF-8 text; a name ending in `.gz` is gunzipped on the fly (OASST's `.jsonl.gz` exports)."""
+def open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes; a name ending in `.gz` is gunzipped on the fly (OASST's `.jsonl.gz` exports). Text is
+    decoded line by line, so that one line that is not UTF-8 is one bad record, not a refused file."""
     try:
-        if path.name.endswith(".gz"):
-            return gzip.open(path, "rt", encoding="utf-8-sig")
-        return open(path, encoding="utf-8-sig")
+        return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _decoded(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        f"the file must be UTF-8") from None
 
 
 def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(line_number, object)` for every record of a JSONL or JSON-array file.
 
-    A line that is not JSON, or JSON that is not an object, goes to `bad`. Blank lines are ignored.
+    A line that is not UTF-8 or not JSON, or JSON that is not an object, goes to `bad`. Blank lines are ignored.
     """
-    with open_text(path) as f:
+    with open_bytes(path) as f:
         try:
-            line_no, first = 0, ""
+            line_no, first = 0, b""
             for first in f:
                 line_no += 1
+                if line_no == 1 and first.startswith(BOM):
+                    first = first[len(BOM):]
                 if first.strip():
                     break
-            if first.lstrip().startswith("[") and not path.name.endswith((".jsonl", ".jsonl.gz")):
-                yield from _array_records(path, first + f.read(), line_no, bad)
+            if first.lstrip().startswith(b"[") and not path.name.endswith((".jsonl", ".jsonl.gz")):
+                raw = first + f.read()
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    bad_line = line_no + raw.count(NEWLINE, 0, e.start)
+                    raise DataError(f"{path}:{bad_line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); the file "
+                                    f"must be UTF-8") from None
+                yield from _array_records(path, text, line_no, bad)
                 return
             if first.strip():
                 yield from _line_records(path, [(line_no, first)], bad)
             yield from _line_records(path, enumerate(f, line_no + 1), bad)
-        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise DataError(f"{path}: cannot decode the file (expected UTF-8 JSON, gzip when named .gz): {e}") \
                 from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def _line_records(path: Path, lines, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
     loads = json.loads
-    for line_no, line in lines:
-        if not line.strip():
+    for line_no, raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            line = _decoded(raw, path, line_no)
+        except DataError as e:
+            bad.handle(e)
             continue
         try:
             record = loads(line)
         except json.JSONDecodeError as e:
             column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # an error at the line's end points at its end
             bad.handle(DataError(f"{path}:{line_no}: not valid JSON: {e.msg} (column {column})"))
+            continue
+        except RecursionError:
+            bad.handle(DataError(f"{path}:{line_no}: JSON nested deeper than the parser allows"))
             continue
         if not isinstance(record, dict):
             bad.handle(DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"))
@@ -110,6 +138,8 @@ def _array_records(path: Path, text: str, first_line: int, bad: BadRecords) -> I
             start = line_of(pos)
             try:
                 record, pos = decoder.raw_decode(text, pos)
+            except RecursionError:
+                raise DataError(f"{path}:{start}: JSON nested deeper than the parser allows") from None
             except json.JSONDecodeError as e:
                 # Inside one array there is no way to resynchronise, so this cannot be skipped.
                 raise DataError(f"{path}:{e.lineno + first_line - 1}: not valid JSON: {e.msg} "
@@ -130,11 +160,15 @@ def _array_records(path: Path, text: str, first_line: int, bad: BadRecords) -> I
         raise DataError(f"{path}:{line_of(skip_space(pos))}: not valid JSON: extra data after the array")
 
 
-def string_field(record: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
-    """`record[key]` as a string; missing (without a default) or not a string raises DataError naming the field."""
+def string_field(record: dict[str, Any], key: str, where: str, default: str | None = None,
+                 blank: bool = False) -> str:
+    """`record[key]` as a string; missing (without a default), not a string, or (unless `blank`) empty or only
+    whitespace raises DataError naming the field: an empty prompt or reply would train the model on nothing."""
     value = record.get(key, default)
     if value is None:
         raise DataError(f"{where}: missing field '{key}' (expected a string)")
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__} {value!r:.60}")
+    if not blank and not value.strip():
+        raise DataError(f"{where}: field '{key}' is empty; expected text")
     return value

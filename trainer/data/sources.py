@@ -41,8 +41,8 @@ def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.absolute()
-    tried = "\n  ".join(str(c.resolve()) for c in dict.fromkeys(candidates))
-    raise DataError(f"input_file_path '{input_file_path}' not found; tried:\n  {tried}")
+    tried = ", ".join(str(c.resolve()) for c in dict.fromkeys(candidates))
+    raise DataError(f"input_file_path '{input_file_path}' not found (or not a file); tried: {tried}")
 
 
 def load_source(ds: DatasetConfig, cache_dir: str, hub_timeout: float = 10.0) -> SourceData:
@@ -90,7 +90,7 @@ def _hub_rows(ds: DatasetConfig, timeout: float) -> Iterator[tuple[str, dict[str
         reason = "the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)" if offline else \
             "the hub could not be reached or the dataset could not be loaded"
         raise DataError(
-            f"dataset '{ds.name}': cannot load hub dataset '{name}': {reason}: {str(e).splitlines()[0]}\n"
-            f"  point at a local file instead, e.g. in the datasets list:\n"
-            f"    - {ds.name}: {{input_file_path: {ds.kind.example_file}}}") from e
+            f"dataset '{ds.name}': cannot load hub dataset '{name}': {reason}: {str(e).splitlines()[0]}; point at "
+            f"a local file instead, e.g. in the datasets list: - {ds.name}: {{input_file_path: "
+            f"{ds.kind.example_file}}}") from e
     return ((f"{name} {split} row {i}", row) for split in loaded for i, row in enumerate(loaded[split]))

@@ -29,6 +29,21 @@ def prompt_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
+def tokenizer_problem(tokenizer, texts: list[str], expected: list[list[int]]) -> str | None:
+    """Why `tokenizer` fails the check prompts, or None: each must encode to the `expected` ids (the source
+    tokenizer's), to at least one token, and decode back to its text exactly."""
+    for text, want in zip(texts, expected):
+        got = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not got:
+            return f"{text!r:.60} encodes to no tokens (tokenizer of {len(tokenizer)} tokens)"
+        if got != want:
+            return f"{text!r:.60} encodes to {len(got)} ids, not the source tokenizer's {len(want)}"
+        back = tokenizer.decode(got, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if back != text:
+            return f"{text!r:.60} decodes back as {back!r:.60}"
+    return None
+
+
 @dataclass(frozen=True)
 class Outputs:
     logits: list[torch.Tensor]  # per prompt: [len, vocab] in fp32

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError, RunError
+from trainer.files import check_writable_dir, refused_pickles
 from trainer.export.target import WriteOptions
 from trainer.export.targets import TARGETS
 
@@ -22,9 +23,9 @@ class ExportResult:
 
 def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str = "fp16",
            base_model: str | None = None, max_shard_size: str = "10GB", sequence_length: int | None = None,
-           verify: bool = False) -> ExportResult:
+           verify: bool = False, trust_remote_code: bool = False) -> ExportResult:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
@@ -42,26 +43,31 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if verify and writer.verify is None:
         raise ConfigError(f"--verify: --target {target} has no verification; it is offered for "
                           f"{', '.join(n for n, t in TARGETS.items() if t.verify)}")
+    check_writable_dir(out, "export directory")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists and is not empty; export writes a fresh directory")
-    run = read_run(source, base_model)
+    run = read_run(source, base_model, trust_remote_code)
     if run.is_adapter and run.export_record:
         raise ConfigError(f"{run.path}: an export directory holding an adapter; export from the training output")
     model_dir = run.base_model if run.is_adapter else run.path
     if writer.check_model:
         writer.check_model(AutoConfig.from_pretrained(model_dir, trust_remote_code=run.trust_remote_code),
                            str(model_dir))
-    tokenizer = load_tokenizer(str(run.path))
+    tokenizer = load_tokenizer(str(run.path), trust_remote_code=trust_remote_code)
     fmt = run.prompt_format(tokenizer)
     texts = check.check_prompts(fmt)
     ids = check.prompt_ids(tokenizer, texts)
-    if run.is_adapter:
-        adapted = merge.load_adapter_model(run, tokenizer)
-        reference = check.run_prompts(adapted, ids)
-        model = adapted.merge_and_unload()
-    else:
-        model = merge.load_full_model(run)
-        reference = check.run_prompts(model, ids)
+    problem = check.tokenizer_problem(tokenizer, texts, ids)
+    if problem:
+        raise RunError(f"{run.path}: its tokenizer fails the check prompts: {problem}; is the run complete?")
+    with refused_pickles(f"export source '{run.path}'"):
+        if run.is_adapter:
+            adapted = merge.load_adapter_model(run, tokenizer)
+            reference = check.run_prompts(adapted, ids)
+            model = adapted.merge_and_unload()
+        else:
+            model = merge.load_full_model(run)
+            reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
     set_token_ids(model, tokenizer, fmt.end_key)
     tokenizer.chat_template = fmt.chat_template()
@@ -76,15 +82,20 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     options = WriteOptions(max_shard_size, sequence_length, run.config.data.max_length if run.config else None)
     record |= writer.write(model, tokenizer, fmt, out, options)
     del model
-    written = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=run.trust_remote_code)
+    written = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=trust_remote_code)
     exported = check.run_prompts(written, ids)
     against = "adapter model (base unquantized, original precision)" if run.is_adapter else "source model"
     comparison = check.compare(f"export ({dtype}) vs {against}", reference, exported, dtype)
     print(comparison.line(), flush=True)
-    if not comparison.ok:
+    written_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=trust_remote_code)
+    problem = check.tokenizer_problem(written_tokenizer, texts, ids)
+    tokenizer_line = f"exported tokenizer: {problem or f'the {len(texts)} check prompts round-trip: ok'}"
+    print(tokenizer_line, flush=True)
+    if not comparison.ok or problem:
         shutil.rmtree(out)
-        raise RunError(f"export check failed, {out} removed: {comparison.line()}")
+        raise RunError(f"export check failed, {out} removed: {problem or comparison.line()}")
     record["check"] = comparison.line()
+    record["tokenizer_check"] = tokenizer_line
     record["max_logit_diff"] = comparison.max_diff
     if (run.path / RESOLVED_CONFIG).is_file():
         shutil.copy(run.path / RESOLVED_CONFIG, out / RESOLVED_CONFIG)
@@ -112,6 +123,8 @@ def parse_args(argv: list[str]):
                    "max_length, at most 2048")
     p.add_argument("--verify", action="store_true",
                    help="ipu: load the export with transformers 4.25.1 (scripts/setup_ipu_env.sh) and compare")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="run code shipped in the model directories (never taken from the run's own config)")
     return p.parse_args(argv)
 
 
@@ -121,6 +134,6 @@ def main(argv: list[str]) -> int:
     from trainer.export.source import EXPORT_RECORD
 
     result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
-                    args.sequence_length, args.verify)
+                    args.sequence_length, args.verify, args.trust_remote_code)
     print(f"exported to {result.out} ({EXPORT_RECORD}, README.md)")
     return 0

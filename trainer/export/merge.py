@@ -25,7 +25,7 @@ def load_full_model(run: RunOutput):
 def load_adapter_model(run: RunOutput, tokenizer):
     """The base (unquantized, original precision, rows resized as in training) with the adapter attached."""
     refuse_merged_base(run, Path(run.base_model))
-    return load_base_with_adapter(run.path, run.base_model, run.config, tokenizer, "auto")
+    return load_base_with_adapter(run.path, run.base_model, run.config, tokenizer, "auto", run.trust_remote_code)
 
 
 def refuse_merged_base(run: RunOutput, base: Path) -> None:

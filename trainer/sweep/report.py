@@ -46,9 +46,14 @@ def read_results(sweep_dir: Path) -> tuple[dict[str, Any], list[TrialResult]]:
     manifest_path = sweep_dir / "sweep.json"
     if not manifest_path.is_file():
         raise ConfigError(f"{sweep_dir}: no sweep.json; is this the output_dir of `delphi sweep run`?")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        names = [str(name) for name in manifest["trials"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{manifest_path}: not a readable sweep manifest ({e!r:.80}); run `delphi sweep run` "
+                          f"again to rewrite it") from None
     results = []
-    for name in manifest["trials"]:
+    for name in names:
         directory = sweep_dir / name
         state = read_state(directory)
         rows = read_metrics(directory / "metrics.jsonl")

@@ -96,11 +96,25 @@ STATE_FILE = "trial.json"  # status, attempts, wall time and, for a failed trial
 
 def read_state(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable trial state ({e}); delete it to run the trial again (its "
+                          f"checkpoints are kept and resumed)") from None
+    if not isinstance(state, dict) or not isinstance(state.get("params", {}), dict) or \
+            not isinstance(state.get("attempts", 0), int):
+        raise ConfigError(f"{path}: not a trial state (expected a JSON object with params and attempts); delete "
+                          f"it to run the trial again")
+    return state
 
 
 def _write_state(directory: Path, state: dict[str, Any]) -> None:
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+    """Whole or not at all: written beside and renamed, so a killed sweep never leaves half a file."""
+    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1, default=str))
+    tmp.replace(directory / STATE_FILE)
 
 
 def run_trial(sweep: Sweep, trial: Trial) -> dict[str, Any]:

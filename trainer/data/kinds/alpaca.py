@@ -12,7 +12,7 @@ def alpaca_conversation(record: dict[str, Any], where: str, source: str = "alpac
     """The instruction as the prompter turn with `input` kept apart in `Turn.context`, since the Alpaca template
     gives it its own block while chat formats append it. A missing or empty `input` means none (Stanford)."""
     instruction = string_field(record, "instruction", where)
-    context = string_field(record, "input", where, default="")
+    context = string_field(record, "input", where, default="", blank=True)
     output = string_field(record, "output", where)
     return Conversation((Turn(PROMPTER, instruction, context), Turn(ASSISTANT, output)), source, where)
 

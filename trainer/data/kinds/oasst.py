@@ -21,7 +21,8 @@ from trainer.schema import FieldProblems, comma_list, option
 
 # The per-filter counts, in the order a report lists them.
 COUNT_KEYS = (
-    "trees_read", "trees_dropped_state", "trees_dropped_review", "trees_dropped_lang", "trees_kept",
+    "trees_duplicate", "messages_dropped_cycle", "trees_read", "trees_dropped_state", "trees_dropped_review",
+    "trees_dropped_lang", "trees_kept",
     "trees_without_thread", "leaf_paths", "paths_dropped_deleted", "paths_dropped_synthetic", "paths_dropped_top_k",
     "threads",
 )
@@ -75,8 +76,8 @@ def new_counts() -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------------
 # Reading trees
 
-def trees_from_records(records: Iterable[tuple[str, dict[str, Any]]],
-                       bad: BadRecords) -> Iterator[tuple[str, dict[str, Any]]]:
+def trees_from_records(records: Iterable[tuple[str, dict[str, Any]]], bad: BadRecords,
+                       counts: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
     """`(location, tree)` for every tree among the records; flat message records are rebuilt into trees.
 
     As in OASST's reader, a top-level `message_id` marks a message and otherwise `message_tree_id` a tree, so
@@ -92,29 +93,52 @@ def trees_from_records(records: Iterable[tuple[str, dict[str, Any]]],
             bad.handle(DataError(f"{where}: unknown object: expected a tree (with 'message_tree_id') or a message "
                                  f"(with 'message_id'), got keys {sorted(record)[:8]}"))
     if messages:
-        yield from trees_from_messages(messages, bad)
+        yield from trees_from_messages(messages, bad, counts)
 
 
-def trees_from_messages(rows: Iterable[tuple[str, dict[str, Any]]],
-                        bad: BadRecords) -> Iterator[tuple[str, dict[str, Any]]]:
+def trees_from_messages(rows: Iterable[tuple[str, dict[str, Any]]], bad: BadRecords,
+                        counts: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Nested trees from flat message rows (the hub's `OpenAssistant/oasst1`, message exports).
 
     A row with no `parent_id` is a root; every other row becomes a reply of its parent, replies in row order,
-    whatever order the rows come in. The tree's state is the root row's `tree_state`.
+    whatever order the rows come in. The tree's state is the root row's `tree_state`. A `message_id` given twice
+    is a bad record (the second), and messages whose parent chain loops are a bad record too (they would make the
+    "tree" endless), their number counted in `messages_dropped_cycle`.
     """
     nodes: dict[str, dict[str, Any]] = {}
+    first_seen: dict[str, str] = {}
     located: list[tuple[str, dict[str, Any]]] = []
     for where, row in rows:
         message_id = row.get("message_id")
         if not isinstance(message_id, str):
             bad.handle(DataError(f"{where}: field 'message_id' must be a string, got {message_id!r}"))
             continue
+        parent_id = row.get("parent_id")
+        if parent_id is not None and not isinstance(parent_id, str):
+            bad.handle(DataError(f"{where}: message {message_id}: field 'parent_id' must be str or null, got "
+                                 f"{parent_id!r}"))
+            continue
+        if message_id in nodes:
+            bad.handle(DataError(f"{where}: message {message_id}: duplicate message_id (first at "
+                                 f"{first_seen[message_id]}); each message must be given once"))
+            continue
         node = {k: v for k, v in row.items() if k not in ("message_tree_id", "tree_state", "replies")}
         node["replies"] = []
         nodes[message_id] = node
+        first_seen[message_id] = where
         located.append((where, row))
+    parents = {row["message_id"]: row.get("parent_id") for _, row in located}
+    looping = _looping(parents)
+    if looping:
+        counts["messages_dropped_cycle"] += len(looping)
+        where, row = next((w, r) for w, r in located if r["message_id"] in looping)
+        bad.handle(DataError(f"{where}: message {row['message_id']}: its parent_id chain loops back on itself; "
+                             f"{len(looping)} message(s) on or below such loops dropped (a thread must start at a "
+                             f"message without parent_id)"))
     trees = []
     for where, row in located:
+        if row["message_id"] in looping:
+            continue
         node = nodes[row["message_id"]]
         parent_id = row.get("parent_id")
         if parent_id is None:
@@ -126,6 +150,22 @@ def trees_from_messages(rows: Iterable[tuple[str, dict[str, Any]]],
             bad.handle(DataError(f"{where}: message {row['message_id']}: field 'parent_id' names {parent_id!r}, "
                                  f"which is not a message of this dataset"))
     yield from trees
+
+
+def _looping(parents: dict[str, Any]) -> set[str]:
+    """The messages whose chain of parents never reaches a root (no parent_id) or a missing parent: those on a
+    loop and those below one. Each chain is walked once (iteratively: exports can be thousands of turns deep)."""
+    ends: dict[str, bool] = {}  # message -> its chain loops
+    for start in parents:
+        chain, seen, current = [], set(), start
+        while isinstance(current, str) and current in parents and current not in ends and current not in seen:
+            seen.add(current)
+            chain.append(current)
+            current = parents[current]
+        loops = current in seen or ends.get(current, False)
+        for message in chain:
+            ends[message] = loops
+    return {message for message, loops in ends.items() if loops}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,8 +236,13 @@ def tree_threads(tree: dict[str, Any], where: str, rules: TreeFilter, counts: di
     threads: list[Conversation] = []
     turns: list[Turn] = []
     ids: list[str] = []
-
-    def visit(message: dict[str, Any], siblings: int, first: bool, mask: int) -> None:
+    # Depth first, replies in order, with an explicit stack: a thread hundreds of turns deep must not hit
+    # Python's recursion limit. Each entry: message, its number of siblings, whether it is the first, the
+    # rejection bits of its ancestors, its depth.
+    stack: list[tuple[dict[str, Any], int, bool, int, int]] = [(prompt, 1, True, 0, 0)]
+    while stack:
+        message, siblings, first, mask, depth = stack.pop()
+        del turns[depth:], ids[depth:]
         role = message["role"]
         if not rules.include_deleted and message.get("deleted"):
             mask |= _DELETED
@@ -211,8 +256,8 @@ def tree_threads(tree: dict[str, Any], where: str, rules: TreeFilter, counts: di
         ids.append(message["message_id"])
         replies = message.get("replies")
         if replies:
-            for i, reply in enumerate(replies):
-                visit(reply, len(replies), i == 0, mask)
+            stack += [(reply, len(replies), i == 0, mask, depth + 1)
+                      for i, reply in reversed(list(enumerate(replies)))]
         elif len(turns) >= 2 and (role == ASSISTANT or first):
             counts["leaf_paths"] += 1
             if mask:
@@ -221,10 +266,6 @@ def tree_threads(tree: dict[str, Any], where: str, rules: TreeFilter, counts: di
                 end = len(turns) if role == ASSISTANT else len(turns) - 1  # a prompter leaf is dropped
                 threads.append(Conversation(tuple(turns[:end]), source, origin,
                                             {"tree_id": tree_id, "message_ids": tuple(ids[:end])}))
-        turns.pop()
-        ids.pop()
-
-    visit(prompt, 1, True, 0)
     counts["threads"] += len(threads)
     if not threads:
         counts["trees_without_thread"] += 1
@@ -236,7 +277,14 @@ def load_trees(trees: Iterable[tuple[str, dict[str, Any]]], rules: TreeFilter, c
     """Threads per tree, for every tree that passed the tree filter (trees with no thread included, since
     OASST's split counts them)."""
     kept = []
+    seen: set[str] = set()
     for where, tree in trees:
+        tree_id = tree.get("message_tree_id")
+        if isinstance(tree_id, str):
+            if tree_id in seen:
+                counts["trees_duplicate"] += 1  # the same tree twice (two exports joined): its threads once
+                continue
+            seen.add(tree_id)
         try:
             threads = tree_threads(tree, where, rules, counts, source)
         except DataError as e:
@@ -250,7 +298,8 @@ def load_trees(trees: Iterable[tuple[str, dict[str, Any]]], rules: TreeFilter, c
 def read_threads(rows: Rows, options: OasstOptions, bad: BadRecords, source: str):
     """Threads per tree (the split unit), for every tree that passed the tree filter."""
     counts = new_counts()
-    return load_trees(trees_from_records(rows, bad), TreeFilter.from_options(options), counts, bad, source), counts
+    return load_trees(trees_from_records(rows, bad, counts), TreeFilter.from_options(options), counts, bad,
+                      source), counts
 
 
 KIND = DatasetKind("oasst_export", "OpenAssistant/oasst1", 0.2, "path/to/2023-04-12_oasst_ready.trees.jsonl.gz",

@@ -1,0 +1,99 @@
+"""The divergence guard: a run whose loss or gradient norm stops being finite, or whose loss jumps far above its
+recent level and stays there, is stopped with one line, and nothing is saved from it.
+
+Per optimizer step the guard only records, on the device, the first step whose loss or gradient norm was not finite
+(no host sync: the Trainer's own per-step `isnan` check is turned off with `logging_nan_inf_filter`, which also
+logged a diverged loss as the running mean). The record is read where the Trainer syncs anyway: at each log, before
+each evaluation and each save, and at the end; with several ranks the verdict is reduced across them, so every rank
+stops at the same point. A step that the fp16 loss scaler skipped (its gradient overflowed, nothing was applied) is
+not divergence. The spike rule reads the logged losses, which are already on the host.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+import torch
+
+from trainer.errors import RunError
+
+# What went non-finite, as bits of one code (so that one all-reduce carries step and cause).
+LOSS_NAN, LOSS_INF, GRAD_NAN, GRAD_INF = 1, 2, 4, 8
+CAUSES = ((LOSS_NAN, "the loss is nan"), (LOSS_INF, "the loss is inf"), (GRAD_NAN, "the gradient norm is nan"),
+          (GRAD_INF, "the gradient norm is inf"))
+NONE = 2**62  # no bad step yet: larger than any encoded step
+WEIGHTS_ONLY = NONE - 1  # no bad loss or norm seen, but the weights are not finite
+
+
+def _bits(value: torch.Tensor, nan_bit: int, inf_bit: int) -> torch.Tensor:
+    return torch.isnan(value).long() * nan_bit + torch.isinf(value).long() * inf_bit
+
+
+class DivergenceGuard:
+    def __init__(self, spike_factor: float, window: int, patience: int, device: torch.device | str = "cpu"):
+        self.spike_factor = spike_factor
+        self.patience = patience
+        self.device = torch.device(device)
+        self.first_bad = torch.full((), NONE, dtype=torch.long, device=self.device)  # step * 32 + cause bits
+        self.recent: deque[float] = deque(maxlen=window)  # logged losses below the spike line
+        self.streak: list[tuple[int, float]] = []  # consecutive logged losses above it
+        self.spike: str | None = None
+
+    def observe_step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | float | None,
+                     skipped: bool) -> None:
+        """One optimizer step, on the device. `loss` may be the sum since the last log (a non-finite step
+        leaves it non-finite); `skipped`: the loss scaler skipped this step, so its gradient norm says nothing."""
+        cause = _bits(loss.detach().to(self.device), LOSS_NAN, LOSS_INF)
+        if grad_norm is not None and not skipped:
+            norm = torch.as_tensor(grad_norm, device=self.device, dtype=torch.float32)
+            cause = cause + _bits(norm, GRAD_NAN, GRAD_INF)
+        code = torch.where(cause > 0, step * 32 + cause, NONE)
+        self.first_bad = torch.minimum(self.first_bad, code)
+
+    def observe_log(self, step: int, loss: float) -> None:
+        """A logged (host, all-rank mean) loss, for the spike rule: `patience` logs in a row above `spike_factor`
+        times the median of the `window` logs before them, that median taken as at least 1 (a run overfitting
+        towards 0 moves by large factors without diverging)."""
+        if self.spike_factor <= 0 or not math.isfinite(loss):
+            return
+        line = self.spike_factor * max(statistics.median(self.recent), 1.0) if self.recent else math.inf
+        if loss <= line:
+            self.streak = []  # a jump that came back down is noise, and stays out of the median
+            self.recent.append(loss)
+            return
+        self.streak.append((step, loss))
+        if len(self.streak) >= self.patience:
+            first_step, first_loss = self.streak[0]
+            self.spike = (f"the loss jumped to {first_loss:.4g} at step {first_step} and stayed above "
+                          f"{self.spike_factor:g} x its running median ({line / self.spike_factor:.4g}) for "
+                          f"{len(self.streak)} logs (divergence_spike_factor, divergence_patience)")
+
+    def verdict(self, weights_finite: bool | None = None, world_size: int = 1) -> str | None:
+        """What diverged and from which step, or None. One host sync (and one all-reduce with several ranks)."""
+        code = self.first_bad.clone()
+        if weights_finite is False:
+            code = torch.minimum(code, torch.full_like(code, WEIGHTS_ONLY))
+        if world_size > 1:
+            torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MIN)
+        value = int(code)
+        if value == WEIGHTS_ONLY:
+            return "the weights hold nan or inf"
+        if value != NONE:
+            step, bits = divmod(value, 32)
+            return f"{' and '.join(text for bit, text in CAUSES if bits & bit)} at step {step}"
+        return self.spike
+
+
+def weights_finite(model) -> bool:
+    """Whether every trainable parameter is finite (one pass over them, made only before a save)."""
+    checks = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def stopped(what: str, step: int, last_good: str | None) -> RunError:
+    """The one line a diverged run ends with."""
+    where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
+    return RunError(f"training diverged: {what}; stopped at step {step} without saving a checkpoint or the final "
+                    f"model; {where} (resume from it with a lower learning rate: --resume_with_changes "
+                    f"--learning_rate ...)")
