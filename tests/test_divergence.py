@@ -41,6 +41,9 @@ def test_a_step_the_loss_scaler_skipped_is_not_divergence_but_its_loss_still_cou
         g.observe_step(step, torch.tensor(3.0), torch.tensor(float("inf")), skipped=True)
     g.observe_step(5, torch.tensor(3.0), 2.5, skipped=False)  # DeepSpeed hands over a float
     assert g.verdict(weights_finite=True) is None
+    overflowed = guard()
+    overflowed.observe_step(7, torch.tensor(3.0), float("inf"), skipped=False)
+    assert overflowed.verdict() == "the gradient norm is inf at step 7"
     g.observe_step(6, torch.tensor(float("nan")), torch.tensor(float("nan")), skipped=True)
     assert g.verdict() == "the loss is nan at step 6"
     assert guard().verdict(weights_finite=False) == "the weights hold nan or inf"

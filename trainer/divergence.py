@@ -46,8 +46,10 @@ class DivergenceGuard:
         leaves it non-finite); `skipped`: the loss scaler skipped this step, so its gradient norm says nothing."""
         cause = _bits(loss.detach().to(self.device), LOSS_NAN, LOSS_INF)
         if grad_norm is not None and not skipped:
-            norm = torch.as_tensor(grad_norm, device=self.device, dtype=torch.float32)
-            cause = cause + _bits(norm, GRAD_NAN, GRAD_INF)
+            if isinstance(grad_norm, torch.Tensor):
+                cause = cause + _bits(grad_norm.detach().to(self.device), GRAD_NAN, GRAD_INF)
+            elif not math.isfinite(grad_norm):  # DeepSpeed hands over a float, already on the host
+                cause = cause + (GRAD_NAN if math.isnan(grad_norm) else GRAD_INF)
         code = torch.where(cause > 0, step * 32 + cause, NONE)
         self.first_bad = torch.minimum(self.first_bad, code)
 
