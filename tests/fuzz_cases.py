@@ -163,7 +163,7 @@ case("cli", "positional", ("train", "extra", *TRAIN[1:]), "unexpected argument '
 case("cli", "no-value", (*TRAIN, "--max_length"), "'max_length' needs a value")
 case("cli", "two-values", (*TRAIN, "--learning_rate", "1", "2"), "--learning_rate takes one value")
 case("cli", "datasets-not-yaml", (*TRAIN, "--datasets", "[alpaca"), "'datasets' must be a YAML list")
-case("cli", "no-non-optional", (*TRAIN, "--no-learning_rate"), "'learning_rate' must be float, got None")
+case("cli", "no-non-optional", (*TRAIN, "--no-learning_rate"), "'learning_rate' cannot be unset (it is float")
 case("cli", "data-examples", ("data", "--config_file", "{W}/base.yaml", "--configs", "base", "--examples", "many"),
      "--examples must be a number")
 case("cli", "data-dump-dir-missing", ("data", "--config_file", "{W}/base.yaml", "--configs", "base", "--dump",

@@ -2,6 +2,8 @@
 that is accepted and then ignored."""
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import re
 import subprocess
@@ -110,15 +112,24 @@ def test_every_retired_oasst_key_is_refused_with_what_to_use_instead(tmp_path):
 
 
 def test_resume_from_checkpoint_bare_flag_means_the_newest_checkpoint(tmp_path):
-    from trainer.train import resume_point
+    from trainer.checkpoints import write_marker
+    from trainer.resume import user_checkpoint
+
+    def resume_point(config) -> str:
+        return str(user_checkpoint(config.outputs).path)
 
     out = tmp_path / "out"
     bare = load_config(["--resume_from_checkpoint", "--output_dir", str(out)])
     assert bare.outputs.resume_from_checkpoint == "last"
-    with pytest.raises(ConfigError, match=rf"resume_from_checkpoint: last, but output_dir {out} holds no checkpoint"):
+    with pytest.raises(ConfigError, match=rf"resume_from_checkpoint: last, but output_dir '{out}' holds no complete "
+                                          r"checkpoint"):
         resume_point(bare)
-    for step in (3, 10):
-        (out / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (3, 10, 12):
+        checkpoint = out / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if step != 12:  # checkpoint-12's save never finished: it has no completion marker
+            write_marker(checkpoint, "checkpoint", step, 1)
     assert resume_point(bare) == str(out / "checkpoint-10")
     f = tmp_path / "r.yaml"
     f.write_text("resume:\n  resume_from_checkpoint: true\nfresh:\n  resume_from_checkpoint: false\n")

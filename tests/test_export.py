@@ -114,6 +114,7 @@ def test_plain_format_export_stops_at_the_newline_it_was_trained_to_end_with(tin
 
     run = save_tiny_model(tmp_path / "run", "gpt_neox", tokenizer)
     write_resolved(TrainConfig.of(model_name=str(tiny_model_dir("gpt_neox")), prompt_format="plain"), run)
+    write_marker(run, "final", 0, 1)  # the save completed, as training marks it
     out = export(run, tmp_path / "hf", target="hf", dtype="fp32").out
     newline = tokenizer.encode("\n", add_special_tokens=False)
     assert len(newline) == 1

@@ -53,7 +53,8 @@ def tiny_llama_config(vocab_size: int, hidden: int, layers: int, heads: int, max
 
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=max_positions, tie_word_embeddings=False)
+                       max_position_embeddings=max_positions, tie_word_embeddings=False, bos_token_id=0,
+                       eos_token_id=0)
 
 
 LLAMA = Architecture("llama", dropout_fields=("attention_dropout",), packing="position_ids",

@@ -91,6 +91,8 @@ class TrainerSeams:
         of the checkpoint's schedule for its first step, so a resume with a new learning_rate or num_train_epochs
         would go on with the old ones. Both are set again from the configured peak and the new schedule at the
         resumed step; for an unchanged run that recomputes the same numbers."""
+        import torch
+
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None or not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
             return
