@@ -114,18 +114,22 @@ def _check_lora_targets(adapters: AdapterConfig, source: ModelSource) -> None:
 
 
 def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_length: int,
-               deepspeed: bool = False, padding_free: bool = False) -> LoadedModel:
+               deepspeed: bool = False, padding_free: bool = False, source: ModelSource | None = None
+               ) -> LoadedModel:
     """The model ready to train: dropout, attention, dtype, vocab, checkpointing and adapters as configured;
     `max_length` is the longest sample it will see, `deepspeed` whether DeepSpeed keeps the master weights,
-    `padding_free` whether micro-batches are token budgets (which a varlen attention kernel takes as one row)."""
+    `padding_free` whether micro-batches are token budgets (which a varlen attention kernel takes as one row).
+    `source`: what `check_model_source` and `check_tokenizer_fits` already passed (the recipe checks before it
+    builds the datasets); without it they run here."""
     from transformers import AutoModelForCausalLM
 
-    source = check_model_source(model, adapters)
+    if source is None:
+        source = check_model_source(model, adapters)
+        check_tokenizer_fits(source, tokenizer, model)
     arch, hf_config = source.architecture, source.hf_config
     notes: list[str] = []
     for name in arch.dropout_fields:
         setattr(hf_config, name, model.residual_dropout)
-    check_tokenizer_fits(source, tokenizer, model)
     hf_config.use_cache = False  # a training forward must not build a cache (it also breaks packed rows)
     if arch.adapt_config:
         notes += arch.adapt_config(hf_config, max_length)

@@ -68,7 +68,7 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
     set_seed(config.optim.rng_seed)
     loaded = load_model(model, config.adapters, tokenizer, max_length=data.max_length,
-                        deepspeed=config.optim.deepspeed, padding_free=data.padding_free)
+                        deepspeed=config.optim.deepspeed, padding_free=data.padding_free, source=source)
     if rank0:
         print("\n".join(loaded.notes), flush=True)
     counts = draw_counts(data.datasets, [len(b.train) for b in built])
