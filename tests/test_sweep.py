@@ -221,17 +221,48 @@ def test_the_wandb_sweep_config_passes_wandbs_validation_and_its_agent_args_reac
                        metric={"name": "eval_alpaca_loss", "goal": "minimize"})
     config = wandb_config(load_sweep(path))
     assert sweeps.schema_violations_from_proposed_config(config) == []
-    assert config["program"] == "trainer_sft.py" and config["method"] == method
+    assert config["method"] == method and "trainer_sft.py" not in config["command"]
     assert config["metric"] == {"name": "eval_alpaca_loss", "goal": "minimize"}
+    assert config["command"][:5] == ["${env}", "${interpreter}", "-m", "trainer", "train"]
     assert config["command"][-1] == "${args}"
 
     # What the agent runs for one suggestion: its `${args}` are `--key=value` flags built by wandb's own code.
     suggestion = {"learning_rate": {"value": 1e-4}, "mode": {"value": "lora"}, "report_to": {"value": "wandb"},
                   "log_wandb": {"value": True}}
-    argv = config["command"][3:-1] + create_sweep_command_args({"args": suggestion})["args"]
+    argv = config["command"][5:-1] + create_sweep_command_args({"args": suggestion})["args"]
     assert "--learning_rate=0.0001" in argv and "--log_wandb=True" in argv
     trained = resolve(split_argv(argv)).flat()
     assert [trained[k] for k in ("learning_rate", "mode", "report_to", "log_wandb")] == [1e-4, "lora", "wandb", True]
     assert trained["wandb_group"] == "wb" and trained["output_dir"] == f"{tmp_path / 'wb'}/$WANDB_RUN_ID"
     assert resolve(split_argv(["--configs", "sweep-base", "--config_file", str(tmp_path / "sections.yaml"),
                                "--learning_rate=1e-4"])).optim.learning_rate == 1e-4
+
+
+@pytest.mark.slow
+def test_a_trial_of_the_wandb_sweep_file_runs_under_its_launcher_from_an_empty_directory(tiny_model_dir, tmp_path):
+    """The agent's command line for one suggestion, macros replaced as `wandb agent` replaces them (`${env}`:
+    /usr/bin/env, `${interpreter}`: the `python` on PATH, `${args}`: wandb's own `--key=value` flags), run from an
+    empty directory: torchrun starts 2 ranks of the installed package."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    path = write_sweep(tmp_path, tiny_model_dir("gpt_neox"), "agent", parameters={"learning_rate": [1e-3, 1e-4]},
+                       launcher="torchrun", launcher_args=["--nproc_per_node", "2"])
+    out = tmp_path / "wandb_sweep.yaml"
+    assert delphi(["sweep", "wandb", str(path), "--output", str(out)]) == 0
+    config = yaml.safe_load(out.read_text())
+    suggestion = {k: {"value": v["value"] if "value" in v else v["values"][0]} for k, v in config["parameters"].items()}
+    macros = {"${env}": ["/usr/bin/env"], "${interpreter}": ["python"],
+              "${args}": create_sweep_command_args({"args": suggestion})["args"]}
+    argv = [part for c in config["command"] for part in macros.get(c, [c])]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_RUN_ID": "run1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(argv, cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert argv[2:5] == ["-m", "torch.distributed.run", "--nproc_per_node"]
+    assert "× 2 ranks" in done.stdout and "training finished" in done.stdout
+    run = tmp_path / "agent" / "run1"
+    assert (run / "model.safetensors").is_file()
+    assert yaml.safe_load((run / "resolved_config.yaml").read_text())["resolved"]["learning_rate"] == 1e-3
+    assert list(empty.iterdir()) == [] or all(p.name == "wandb" for p in empty.iterdir())

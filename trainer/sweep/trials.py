@@ -80,14 +80,21 @@ def plan(sweep: Sweep) -> list[Trial]:
     return trials
 
 
+def launch_args(sweep: Sweep) -> list[str]:
+    """What follows the interpreter in every trial's command: `[launcher LAUNCHER_ARGS] -m trainer train
+    --configs ...`. `delphi sweep run` and the wandb sweep file both start trials with it, so a sweep meant for
+    `deepspeed --num_gpus 8` runs under that launcher either way."""
+    launch = []
+    for part in LAUNCHERS[sweep.launcher]:
+        launch += list(sweep.launcher_args) if part == "{args}" else [part]
+    return [*launch, *base_args(sweep)]
+
+
 def command(sweep: Sweep, trial: Trial) -> list[str]:
     """`python [launcher LAUNCHER_ARGS] -m trainer train ARGS`, in the working directory the sweep was started
     from (where its relative paths were checked)."""
     overrides = trial_overrides(sweep, trial.name, trial.params, trial.directory)
-    launch = []
-    for part in LAUNCHERS[sweep.launcher]:
-        launch += list(sweep.launcher_args) if part == "{args}" else [part]
-    return [sys.executable, *launch, *base_args(sweep), *(f"--{k}={format_value(v)}" for k, v in overrides.items())]
+    return [sys.executable, *launch_args(sweep), *(f"--{k}={format_value(v)}" for k, v in overrides.items())]
 
 
 LOG_TAIL_LINES = 40
