@@ -6,7 +6,8 @@ looks like the newest and cannot be loaded. Here a save goes under `.staging/`; 
 part, the main process lists every file with its size in a completion marker (files fsynced first) and renames the
 directory to `checkpoint-N`. Resuming takes the newest checkpoint whose marker matches its files. Anything else
 under a checkpoint name is set aside with one printed line, never deleted; rotation deletes only complete
-checkpoints older than the newest `save_total_limit`, so the newest complete one always stays.
+checkpoints older than the newest `save_total_limit`, so the newest complete one always stays, and never the best
+one (`trainer.evaluation.best_checkpoint`).
 
     <output_dir>/checkpoint-N/delphi_complete.json    complete: every file of the save with its size
     <output_dir>/.staging/checkpoint-N/               a save in progress (or torn by a kill)
@@ -198,11 +199,14 @@ def publish(staged: Path, output_dir: Path, step: int, world_size: int, say: Say
     return target
 
 
-def rotate(output_dir: Path, keep: int) -> list[Path]:
-    """Deletes complete checkpoints older than the newest `keep` (at least 1 stays). Each is renamed out of the
-    checkpoint names first, so a kill mid-delete leaves nothing that looks like a checkpoint."""
+def rotate(output_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Deletes complete checkpoints older than the newest `keep` (at least 1 stays), except `protect` (the best
+    checkpoint, kept in addition). Each is renamed out of the checkpoint names first, so a kill mid-delete leaves
+    nothing that looks like a checkpoint."""
     removed = []
     for old in complete_checkpoints(output_dir)[:-max(keep, 1)]:
+        if protect is not None and old.path.name == protect.name:
+            continue
         doomed = output_dir / ROTATING / old.path.name
         doomed.parent.mkdir(exist_ok=True)
         old.path.rename(doomed)

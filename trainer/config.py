@@ -26,6 +26,7 @@ from trainer.formats import FORMATS
 from trainer.paths import CONFIG_DIR
 from trainer.schema import (at_least, build, check, comma_list, dashes_to_underscores, fields_of, finite_positive,
                             nearest, option, optional, type_name)
+from trainer.tracking.base import TRACKERS
 
 # OASST `config.yaml` keys (and `trainer_sft.py` flags) that Delphi deliberately does not have, with what to do
 # instead.
@@ -81,6 +82,9 @@ class DatasetConfig:
     size: int | None = option(None, "number of training samples to use instead of a fraction")
     manual_seed: int = option(287631038922, "split seed (OASST's)")
     skip_bad_lines: bool = option(False, "skip and count malformed lines instead of stopping at the first")
+    eval_only: bool = option(False, "never trained on: the whole set is a validation set (measures forgetting)")
+    eval_prompts: tuple[str, ...] | None = option(None, "the prompts of its samples at every evaluation; none: a "
+                                                        "seeded pick of its validation samples' prompts")
     options: Any = None  # the kind's options object (`DatasetKind.options`), None for kinds without any
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class DatasetConfig:
             problems.append(("size", "give 'fraction' or 'size', not both"))
         if not 0 <= self.manual_seed < 2**64:
             problems.append(("manual_seed", f"must be in 0..2**64-1, got {self.manual_seed}"))
+        if self.eval_prompts is not None and not all(p.strip() for p in self.eval_prompts):
+            problems.append(("eval_prompts", f"must be a list of non-empty strings, got {list(self.eval_prompts)!r}"))
         check(problems)
 
     @classmethod
@@ -352,7 +358,8 @@ class ScheduleConfig:
 class LoggingConfig:
     logging_steps: int = option(10, "log training metrics every this many optimizer steps")
     log_wandb: bool = option(True, "log to wandb (with report_to: wandb)")
-    report_to: str = option("wandb", "where metrics go besides metrics.jsonl", choices=("wandb", "none"))
+    report_to: str = option("wandb", f"where metrics go besides metrics.jsonl: a comma list of "
+                                     f"{', '.join(TRACKERS)}, or none")
     wandb_project: str = option("delphi", "wandb project")
     wandb_entity: str | None = option(None, "wandb entity (team or user)")
     wandb_run_name: str | None = option(None, "wandb run name")
@@ -365,11 +372,13 @@ class LoggingConfig:
                                              "per-epoch draws")
 
     def __post_init__(self) -> None:
-        check(at_least(self, 1, "logging_steps"))
-
-    @property
-    def wants_wandb(self) -> bool:
-        return self.log_wandb and self.report_to == "wandb"
+        problems = at_least(self, 1, "logging_steps")
+        names = comma_list(self.report_to)
+        unknown = [n for n in names if n not in TRACKERS and n != "none"]
+        if unknown or not names or ("none" in names and len(names) > 1):
+            problems.append(("report_to", f"must be a comma list of {', '.join(TRACKERS)}, or none, got "
+                                          f"{self.report_to!r}{nearest(unknown[0], TRACKERS) if unknown else ''}"))
+        check(problems)
 
     @property
     def tags(self) -> list[str]:
@@ -383,6 +392,25 @@ class LoggingConfig:
         """OASST's wandb run name, `{model}-{log_dir}-finetuned`, with the last path part of each
         (`EleutherAI/pythia-12b-deduped` -> `pythia-12b-deduped`) so that local paths stay readable."""
         return f"{Path(model_name or 'model').name}-{Path(self.log_dir).name}-finetuned"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    eval_samples: int = option(2, "prompts per validation set answered at every evaluation (samples.jsonl); 0: none")
+    eval_sample_tokens: int = option(48, "new tokens per sample at most")
+    eval_sample_temperature: float = option(0.0, "0: greedy samples only; above 0: a sampled reply beside each")
+    eval_baseline: bool = option(True, "evaluate the untouched model before the first step; every evaluation is "
+                                       "then shown as a change against it")
+    best_checkpoint_margin: float = option(0.05, "the best checkpoint (lowest mean eval loss) has no validation "
+                                                 "set worse than the base model by more than this loss")
+
+    def __post_init__(self) -> None:
+        problems = at_least(self, 0, "eval_samples") + at_least(self, 1, "eval_sample_tokens")
+        for name in ("eval_sample_temperature", "best_checkpoint_margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append((name, f"must be a finite number of at least 0, got {value}"))
+        check(problems)
 
 
 @dataclass(frozen=True)
@@ -409,6 +437,7 @@ GROUPS: dict[str, tuple[str, type]] = {
     "optim": ("optimisation", OptimConfig),
     "schedule": ("schedule", ScheduleConfig),
     "logging": ("logging", LoggingConfig),
+    "evaluation": ("evaluation", EvaluationConfig),
     "outputs": ("outputs", OutputConfig),
 }
 KEY_GROUP: dict[str, str] = {key: group for group, (_, cls) in GROUPS.items() for key in fields_of(cls)}
@@ -423,6 +452,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod

@@ -28,6 +28,7 @@ from trainer.compat import TrainerSeams
 from trainer.data.sampler import TokenBudgetBatchSampler
 from trainer.config import TrainConfig, write_resolved
 from trainer.divergence import DivergenceGuard, stopped, weights_finite
+from trainer.evaluation.rounds import EvaluationRounds
 from trainer.loss import summed_token_loss
 
 # (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
@@ -72,9 +73,10 @@ class SamplerEpochCallback(TrainerCallback):
 
 class DelphiTrainer(TrainerSeams, Trainer):
     def __init__(self, *args, sampler_factory: SamplerFactory, run_config: TrainConfig, chunked_loss: bool = True,
-                 **kwargs):
+                 rounds: EvaluationRounds | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.rounds = rounds  # the main process's evaluation record: which checkpoint is best
         optim = run_config.optim
         self.guard = DivergenceGuard(optim.divergence_spike_factor, optim.divergence_window,
                                      optim.divergence_patience, self.args.device)
@@ -158,13 +160,15 @@ class DelphiTrainer(TrainerSeams, Trainer):
 
     def checkpoint_saved(self, staged: Path) -> None:
         """Every rank has written its part of `staged`: the main process adds the resolved config, marks it
-        complete, renames it into output_dir and rotates the old ones out."""
+        complete, renames it into output_dir, records it as a best-checkpoint candidate and rotates the old ones
+        out (the best kept)."""
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             output_dir = Path(self.args.output_dir)
             write_resolved(self.run_config, staged)
             checkpoints.publish(staged, output_dir, self.state.global_step, self.args.world_size)
-            checkpoints.rotate(output_dir, self.run_config.outputs.save_total_limit)
+            best = self.rounds.checkpoint_saved(self.state.global_step) if self.rounds else None
+            checkpoints.rotate(output_dir, self.run_config.outputs.save_total_limit, protect=best)
         self.accelerator.wait_for_everyone()
 
     def save_final(self, output_dir: Path) -> None:

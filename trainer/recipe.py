@@ -47,10 +47,12 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     from trainer.formats import FORMATS, format_for
     from trainer.models import VARLEN_ATTENTIONS, check_model_source, check_tokenizer_fits, load_model
     from trainer.resume import check_run
+    from trainer.tracking import check_installed, tracker_names
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    check_installed(tracker_names(config.logging))
     start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
     if start.finished_step is not None:
         if rank0:

@@ -28,6 +28,7 @@ from trainer.config import (KEY_GROUP, RESOLVED_CONFIG, RESUME_LAST, OutputConfi
                             write_resolved)
 from trainer.data.sources import resolve_input_path
 from trainer.errors import ConfigError, DataError, RunError, first_line
+from trainer.evaluation.samples import SAMPLES_FILE
 from trainer.files import check_safetensors, check_writable_dir, refused_pickles
 from trainer.paths import bundled
 from trainer.run_log import RunLog
@@ -37,7 +38,7 @@ FREE_KEYS = frozenset({
     "cache_dir", "val_max_length", "per_device_eval_batch_size", "eval_steps", "save_steps", "use_flash_attention",
     "gradient_checkpointing", "trust_remote_code", "mpt", "divergence_spike_factor", "divergence_window",
     "divergence_patience"})
-FREE_GROUPS = ("logging", "outputs")
+FREE_GROUPS = ("logging", "evaluation", "outputs")
 CHANGEABLE = ("num_train_epochs", "learning_rate", "max_grad_norm")  # with --resume_with_changes
 RANKS = "ranks (WORLD_SIZE)"
 TRAINER_STATE = "trainer_state.json"
@@ -199,7 +200,7 @@ def check_run(config: TrainConfig, world_size: int = 1, total_steps: int | None 
 def begin_run(config: TrainConfig, start: RunStart, say=print) -> None:
     """Main process, after `check_run`: the earlier run moved aside (`--overwrite_output_dir`), interrupted saves
     finished or set aside, the run marked unfinished, the resolved config written, and metrics.jsonl cut back to
-    the resumed step."""
+    the resumed step (samples.jsonl too)."""
     out = start.output_dir
     if config.outputs.overwrite_output_dir and holds_a_run(out):
         aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -211,6 +212,7 @@ def begin_run(config: TrainConfig, start: RunStart, say=print) -> None:
     unmark_final(out)
     write_resolved(config, out)
     RunLog.cut_after(out / "metrics.jsonl", start.resume_step)
+    RunLog.cut_after(out / SAMPLES_FILE, start.resume_step)
     if start.changes:
         changed = ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, (a, b) in start.changes.items())
         say(f"--resume_with_changes: continuing from step {start.resume_step} with {changed}")

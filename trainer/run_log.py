@@ -1,21 +1,22 @@
-"""Where metrics go: `metrics.jsonl` always, wandb as well when the config asks for it.
+"""Where metrics go: `metrics.jsonl` always, and the trackers `report_to` names (wandb, tensorboard, mlflow).
 
-One object with the same methods whether or not wandb is on (a null-object logger), so the training code has no
-`if wandb:` branches. Only the main process writes.
+One object with the same methods whatever the trackers are, so the training code has no `if wandb:` branches.
+Only the main process writes.
 """
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from trainer.config import LoggingConfig
 from trainer.errors import ConfigError
+from trainer.evaluation.rounds import EvaluationRounds
+from trainer.tracking import Tracker, open_trackers
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -37,112 +38,92 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 class RunLog:
-    """Appends `{"step": n, ...metrics}` lines to `<output_dir>/metrics.jsonl` and mirrors them to a wandb run."""
+    """Appends `{"step": n, ...metrics}` lines to `<output_dir>/metrics.jsonl` and mirrors them to the trackers."""
 
-    def __init__(self, path: Path, wandb_run: Any = None):
+    def __init__(self, path: Path, trackers: Sequence[Tracker] = ()):
         self.path = path
-        self.wandb_run = wandb_run
+        self.trackers = list(trackers)
+        self.step = 0  # the latest step logged, for one-off figures
         path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def start(cls, logging: LoggingConfig, output_dir: Path, run_config: dict[str, Any]) -> "RunLog":
-        """Opens the wandb run (offline with WANDB_MODE=offline) named and tagged from the logging config, with
-        the run's whole (flat) config attached."""
-        run = None
-        if logging.wants_wandb:
-            import wandb
-
-            # Under a wandb agent the controller names each run; OASST's name would give every trial the same one.
-            name = logging.wandb_run_name or (None if os.environ.get("WANDB_SWEEP_ID")
-                                              else logging.oasst_run_name(run_config.get("model_name")))
-            # Delphi prints its own closing report: wandb's history and summary tables would repeat it (WANDB_QUIET
-            # or WANDB_SILENT in the environment decide instead).
-            quiet = not {"WANDB_QUIET", "WANDB_SILENT"} & set(os.environ)
-            run = wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, name=name,
-                             group=logging.wandb_group, tags=logging.tags or None, config=run_config,
-                             settings=wandb.Settings(quiet=True) if quiet else None)
-        return cls(output_dir / "metrics.jsonl", run)
+        """Opens the trackers of `report_to`, each with the run's whole (flat) config attached."""
+        return cls(output_dir / "metrics.jsonl", open_trackers(logging, output_dir, run_config))
 
     @staticmethod
     def cut_after(path: Path, step: int) -> None:
         """Before a run (re)starts at `step`: drop the rows of later steps (the resumed run logs them again) and
         the one-off summary rows (it writes its own), so that each step is in the file once after any number of
-        resumes."""
+        resumes. Also used for samples.jsonl."""
         if not path.is_file():
             return
         kept = [row for row in read_metrics(path) if row.get("step") is not None and row["step"] <= step]
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
         tmp.replace(path)
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.step = step
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=step)
+        for tracker in self.trackers:
+            tracker.log(metrics, step)
 
-    def summary(self, figures: dict[str, Any]) -> None:
-        """One-off figures (the data report, the closing report): a jsonl line and the wandb run summary."""
+    def summary(self, figures: Mapping[str, Any]) -> None:
+        """One-off figures (the data report, the closing report): a jsonl line and each tracker's summary."""
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": None, **figures}) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update(figures)
+        for tracker in self.trackers:
+            tracker.summary(figures, self.step)
+
+    def samples(self, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        """An evaluation's sample generations (samples.jsonl has them already) to each tracker."""
+        if rows:
+            for tracker in self.trackers:
+                tracker.samples(rows, step)
 
     def finish(self) -> None:
-        if self.wandb_run is not None:
-            import wandb
-
-            self.wandb_run.finish()
-            wandb.teardown()  # waits for wandb's service to write everything out (the offline run file included)
-
-
-class EvalRound:
-    """The Trainer evaluates and logs each validation set on its own (`eval_<name>_loss`); this collects one
-    evaluation's losses and hands them over, by dataset name, once the last one is in."""
-
-    def __init__(self, eval_names: Sequence[str]):
-        self.keys = {f"eval_{name}_loss": name for name in eval_names}
-        self.pending: dict[str, float] = {}
-
-    def add(self, logs: dict[str, Any]) -> dict[str, float] | None:
-        self.pending.update({name: logs[key] for key, name in self.keys.items() if key in logs})
-        if not self.keys or len(self.pending) < len(self.keys):
-            return None
-        done, self.pending = self.pending, {}
-        return done
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 class RunLogCallback(TrainerCallback):
-    """Every `Trainer.log` call (training, evaluation) goes to the run log; once all of an evaluation's validation
-    sets are in, their mean is logged as `eval_loss`, the one overall figure a sweep (or a wandb agent) can rank runs
-    by. The Trainer's end-of-training figures (runtime, mean loss of this start) are kept for the closing summary
-    row instead of a step row, since a resumed run ends again at the same step."""
+    """Every `Trainer.log` call (training, evaluation) goes to the run log. An evaluation's validation sets come
+    one log each; once all are in, `EvaluationRounds` records the round: the untouched model's first (logged
+    under `base/`), then each with its mean (`eval_loss`, the one overall figure a sweep or a wandb agent ranks
+    runs by), its changes against the base model and its sample generations. The Trainer's end-of-training figures
+    (runtime, mean loss of this start) are kept for the closing summary row instead of a step row, since a
+    resumed run ends again at the same step."""
 
-    def __init__(self, run_log: RunLog, eval_names: Sequence[str] = ()):
+    def __init__(self, run_log: RunLog, rounds: EvaluationRounds):
         self.run_log = run_log
-        self.round = EvalRound(eval_names)
+        self.rounds = rounds
         self.end: dict[str, float] = {}
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not (state.is_world_process_zero and logs):
             return
         if "train_runtime" in logs:
             self.end = dict(logs)
             return
-        self.run_log.log(dict(logs), state.global_step)
-        losses = self.round.add(logs)
+        losses = self.rounds.add(logs)
+        self.run_log.log(self.rounds.rename_baseline(dict(logs)), state.global_step)
         if losses:
-            self.run_log.log({"eval_loss": sum(losses.values()) / len(losses)}, state.global_step)
+            figures, rows = self.rounds.complete(state.global_step, losses, model)
+            self.run_log.log(figures, state.global_step)
+            self.run_log.samples(rows, state.global_step)
 
 
 class TokenProgressCallback(ProgressCallback):
     """The Trainer's progress bar (steps, ETA) with the loss and trained tokens/s of the latest log beside it. An
-    evaluation is one line once every validation set is in (`eval step 27: oasst_export 5.586 · alpaca 5.670`),
-    the end of training one line; no bar per validation set (three bars and three dicts per evaluation before)."""
+    evaluation is the lines `EvaluationRounds` made once every validation set was in (`eval step 27: oasst_export
+    5.586 (-0.55) · alpaca 5.670 (-0.31)` and the first sample), the end of training one line; no bar per
+    validation set (three bars and three dicts per evaluation before)."""
 
-    def __init__(self, eval_names: Sequence[str] = ()):
+    def __init__(self, rounds: EvaluationRounds | None = None):
         super().__init__()
-        self.round = EvalRound(eval_names)
+        self.rounds = rounds
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         return None
@@ -159,15 +140,10 @@ class TokenProgressCallback(ProgressCallback):
         if "trained_tokens_per_second" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}",
                                           tok_s=f"{logs['trained_tokens_per_second']:,.0f}", refresh=False)
-        elif (losses := self.round.add(logs)) is not None:
-            self.training_bar.write(eval_line(state.global_step, losses))
         elif "train_runtime" in logs:
             self.training_bar.write(runtime_line(logs))
-
-
-def eval_line(step: int, losses: dict[str, float]) -> str:
-    line = f"eval step {step}: " + " · ".join(f"{name} {loss:.3f}" for name, loss in losses.items())
-    return line + (f" · mean {sum(losses.values()) / len(losses):.3f}" if len(losses) > 1 else "")
+        for line in self.rounds.take_lines() if self.rounds else ():
+            self.training_bar.write(line)
 
 
 def runtime_line(logs: dict[str, Any]) -> str:

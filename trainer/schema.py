@@ -84,6 +84,9 @@ def type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return f"{type_name(args[0])} or none"
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return "a list of strings" if item is str else f"a list of {type_name(item)} values"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -97,6 +100,10 @@ def coerce(value: Any, annotation: Any, key: str, where: str, choices=None, flag
             return None
         return coerce(value, args[0], key, where, choices)
     fail = ConfigError(f"{where}: '{key}' must be {type_name(annotation)}, got {value!r}")
+    if typing.get_origin(annotation) is tuple:  # tuple[str, ...]: a YAML list of strings
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise fail
+        return tuple(value)
     if value is None or (isinstance(value, bool) and annotation in (int, float)):
         raise fail
     if annotation is bool:

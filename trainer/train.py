@@ -23,6 +23,7 @@ from trainer.checkpoints import complete_checkpoints
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
+from trainer.evaluation.rounds import start_rounds
 from trainer.paths import bundled
 from trainer.resume import begin_run, check_run, loading, resume_path
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
@@ -125,6 +126,7 @@ class TrainResult:
     output_dir: Path
     checkpoints: tuple[Path, ...]
     metrics_path: Path
+    best: str = "none (no evaluation)"  # the best checkpoint, in words
 
     def report(self) -> str:
         ckpts = ", ".join(p.name for p in self.checkpoints) or "none kept"
@@ -135,6 +137,7 @@ class TrainResult:
             f"  peak memory       {self.peak_memory_gib:.2f} GiB (rank 0)",
             f"  model             {self.output_dir} (with tokenizer and resolved_config.yaml)",
             f"  checkpoints       {ckpts}",
+            f"  best checkpoint   {self.best}",
             f"  metrics           {self.metrics_path}",
         ])
 
@@ -160,15 +163,18 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         begin_run(config, start)
     PartialState().wait_for_everyone()  # the other ranks look for the checkpoint once it is tidied
     resume = resume_path(config, start)
+    rounds = start_rounds(config, output_dir, tokenizer, evals, start.resume_step, resume is not None, main)
+    args.eval_on_start = rounds.measure_baseline  # every rank decides alike, from the same output_dir
     run_log = RunLog.start(config.logging, output_dir, config.flat()) if main else RunLog(output_dir / "metrics.jsonl")
-    log_callback = RunLogCallback(run_log, tuple(evals))
+    log_callback = RunLogCallback(run_log, rounds)
     try:
         trainer = DelphiTrainer(
             model=model, args=args, processing_class=tokenizer, data_collator=collator, train_dataset=dataset,
             eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
-            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, *callbacks])
+            chunked_loss=config.model.chunked_loss, rounds=rounds if main else None,
+            callbacks=[log_callback, *callbacks])
         trainer.remove_callback(ProgressCallback)
-        progress = TokenProgressCallback(tuple(evals))
+        progress = TokenProgressCallback(rounds if main else None)
         trainer.add_callback(progress)
         if main:
             print(plan.describe(), flush=True)
@@ -188,10 +194,12 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
             global_step=trainer.state.global_step, epochs=trainer.state.epoch or 0.0,
             trained_tokens=figures["trained_tokens"], trained_tokens_per_second=figures["trained_tokens_per_second"],
             peak_memory_gib=peak_memory_gib(), output_dir=output_dir,
-            checkpoints=tuple(c.path for c in complete_checkpoints(output_dir)), metrics_path=run_log.path)
+            checkpoints=tuple(c.path for c in complete_checkpoints(output_dir)), metrics_path=run_log.path,
+            best=rounds.best.describe() if evals else "none (no validation set)")
         if main:
             run_log.summary({"final/" + k: v for k, v in figures.items()} | {"final/global_step": result.global_step}
-                            | {"final/" + k: v for k, v in log_callback.end.items()})
+                            | {"final/" + k: v for k, v in log_callback.end.items()}
+                            | {"final/" + k: v for k, v in rounds.seconds.items()} | rounds.best.figures())
             print(result.report(), flush=True)
     finally:
         run_log.finish()

@@ -114,7 +114,7 @@ def cache_key(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer,
     h = hashlib.sha256()
     settings = {
         "version": CACHE_VERSION,
-        "dataset": ds.option_items(),
+        "dataset": {k: v for k, v in ds.option_items().items() if k != "eval_prompts"},  # prompts: not data
         "prompt_format": fmt.settings(),
         "max_length": data.max_length,
         "val_max_length": data.val_max_length,

@@ -59,7 +59,9 @@ def load_source(ds: DatasetConfig, cache_dir: str, hub_timeout: float = 10.0) ->
     kind = ds.kind
     units, counts = kind.read(rows, ds.options, bad, ds.name)
     # Split whole units (an OASST tree with all its threads), so that no prompt has threads on both sides.
-    train_units, val_units = seeded_split(units, ds.effective_val_split, ds.manual_seed)
+    # An eval-only entry is all validation: never trained on, it shows what training does to other data.
+    train_units, val_units = ([], units) if ds.eval_only else seeded_split(units, ds.effective_val_split,
+                                                                            ds.manual_seed)
     train = [conv for unit in train_units for conv in unit]
     val = [conv for unit in val_units for conv in unit]
     if kind.unit != "sample":
