@@ -98,8 +98,9 @@ NUMBERS = [
     ("adam_beta2", "-0.5"), ("adam_epsilon", "nan"), ("weight_decay", "-1"), ("divergence_spike_factor", "-1"),
     ("divergence_spike_factor", "nan"), ("divergence_window", "0"), ("divergence_patience", "0"),
     ("pad_vocab_size_to_multiple_of", "0"), ("dtype", "fp8"), ("mode", "qora"), ("prompt_format", "chatml"),
-    ("lr_scheduler_type", "step"), ("quant_type", "int4"), ("report_to", "tensorboard"), ("packing", "maybe"),
-    ("deepspeed", "2"), ("max_length", "[1]"),
+    ("lr_scheduler_type", "step"), ("quant_type", "int4"), ("report_to", "tensorbord"), ("report_to", "wandb,none"), ("packing", "maybe"),
+    ("deepspeed", "2"), ("max_length", "[1]"), ("eval_samples", "-1"), ("eval_sample_tokens", "0"),
+    ("eval_sample_temperature", "nan"), ("best_checkpoint_margin", "-0.1"), ("eval_baseline", "maybe"),
 ]
 for key, value in NUMBERS:
     case("numbers", f"{key}={value}", (*TRAIN, f"--{key}", value), f"'{key}'")
@@ -114,6 +115,10 @@ DATASET_OPTIONS = [
     ("alpaca", {"manual_seed": -1}, "'manual_seed' must be in"),
     ("oasst_export", {"top_k": 0}, "'top_k' must be at least 1"),
     ("alpaca", {"skip_bad_lines": "sometimes"}, "'skip_bad_lines' must be bool"),
+    ("alpaca", {"eval_prompts": "What is a meme?"}, "'eval_prompts' must be a list of strings, got 'What is a meme?'"),
+    ("alpaca", {"eval_prompts": ["ok", 3]}, "'eval_prompts' must be a list of strings, got ['ok', 3]"),
+    ("alpaca", {"eval_prompts": [""]}, "'eval_prompts' must be a list of non-empty strings"),
+    ("alpaca", {"eval_only": "yes please"}, "'eval_only' must be bool"),
 ]
 for kind, options, expect in DATASET_OPTIONS:
     case("numbers", f"{kind}-{'-'.join(f'{k}={v}' for k, v in options.items())}",
@@ -174,6 +179,20 @@ case("cli", "data-no-datasets", ("data", "--output_dir", "{C}/out"), "the config
 case("cli", "export-no-args", ("export",), "the following arguments are required: source, out")
 case("cli", "export-dtype", ("export", "{W}/run", "{C}/x", "--dtype", "fp8"), "invalid choice: 'fp8'")
 case("cli", "export-target", ("export", "{W}/run", "{C}/x", "--target", "onnx"), "invalid choice: 'onnx'")
+case("cli", "export-checkpoint-missing", ("export", "{W}/run", "{C}/x", "--checkpoint", "99"),
+     "--checkpoint 99: {W}/run/checkpoint-99 does not exist (complete checkpoints in {W}/run: checkpoint-")
+case("cli", "export-checkpoint-word", ("export", "{W}/run", "{C}/x", "--checkpoint", "newest"),
+     "--checkpoint: expected best or a step number, got 'newest'")
+case("cli", "export-checkpoint-incomplete", ("export", "{C}/run", "{C}/x", "--checkpoint", "1"),
+     "{C}/run/checkpoint-1: not a complete checkpoint (no delphi_complete.json",
+     copy_of("run", "run", remove("checkpoint-1/delphi_complete.json")))
+case("cli", "export-checkpoint-best-unrecorded", ("export", "{C}/run", "{C}/x", "--checkpoint", "best"),
+     "--checkpoint best: {C}/run records no best checkpoint (no best_checkpoint.json)",
+     copy_of("run", "run", remove("best_checkpoint.json")))
+case("cli", "eval-no-tasks", ("eval", "{W}/run"), "the following arguments are required: --tasks")
+case("cli", "eval-unknown-task", ("eval", "{W}/run", "--tasks", "hellaswag,no_such_task_xyz"),
+     "--tasks: unknown lm-eval task 'no_such_task_xyz'")
+case("cli", "eval-not-a-directory", ("eval", "{C}/nothing", "--tasks", "hellaswag"), "{C}/nothing: no such directory")
 case("cli", "chat-no-model", ("chat",), "the following arguments are required: --model")
 case("cli", "chat-temperature", ("chat", "--model", "{W}/run", "--temperature", "-1"), "--temperature must be >= 0")
 case("cli", "chat-k", ("chat", "--model", "{W}/run", "--k", "5000"), "--k must be in 0..")

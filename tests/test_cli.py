@@ -161,7 +161,7 @@ def test_log_dir_names_the_wandb_run_as_oasst_does(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     run_log = RunLog.start(logging, tmp_path, {"model_name": "/models/tiny-neox"})
     try:
-        assert run_log.wandb_run.name == "tiny-neox-pythia_log_12b-finetuned"
+        assert [t.run.name for t in run_log.trackers] == ["tiny-neox-pythia_log_12b-finetuned"]
     finally:
         run_log.finish()
 

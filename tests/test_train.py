@@ -230,6 +230,10 @@ def test_zero2_on_two_processes_partitions_optimizer_state_counts_steps_and_resu
     rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    # Rank 0 generates the samples alone, the base model's before the first step included; no rank waits forever.
+    sampled = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    assert [r["step"] for r in sampled] == [0, 0, 3, 3, 6, 6] and (tmp_path / "out" / "baseline.json").is_file()
+    assert "base model: toy" in stdout and "  sample toy: " in stdout
 
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "out" / "checkpoint-4", resumed / "checkpoint-4")

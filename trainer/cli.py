@@ -5,6 +5,7 @@ underscores alike) and one error wrapper (a `DelphiError` is one `error: ...` li
     delphi data   --configs ... [--examples N] [--dump FILE] [--rebuild]       (= python -m trainer.data ...)
     delphi export RUN_DIR EXPORT_DIR [--target hf|ipu] [--verify]             (= python -m trainer.export ...)
     delphi chat   --model DIR [--temperature 0] [--k 5]                       (= python -m trainer.chat ...)
+    delphi eval   RUN_OR_EXPORT --tasks T1,T2 [--include_path DIR] [--limit N]  (lm-evaluation-harness)
     delphi sweep  run|wandb|report ...                                        (= python -m trainer.sweep ...)
 
 `torchrun --nproc_per_node 8 -m trainer train ...` and `deepspeed --module trainer train ...` launch the same
@@ -154,6 +155,12 @@ def chat_command(argv: list[str]) -> int:
     return main(argv)
 
 
+def eval_command(argv: list[str]) -> int:
+    from trainer.evaluation.harness import main
+
+    return main(argv)
+
+
 def sweep_command(argv: list[str]) -> int:
     from trainer.sweep.cli import main
 
@@ -162,7 +169,7 @@ def sweep_command(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "data": data_command, "export": export_command, "chat": chat_command,
-    "sweep": sweep_command,
+    "eval": eval_command, "sweep": sweep_command,
 }
 
 

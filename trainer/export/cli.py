@@ -125,7 +125,32 @@ def parse_args(argv: list[str]):
                    help="ipu: load the export with transformers 4.25.1 (scripts/setup_ipu_env.sh) and compare")
     p.add_argument("--trust_remote_code", action="store_true",
                    help="run code shipped in the model directories (never taken from the run's own config)")
+    p.add_argument("--checkpoint", help="export one of the run's checkpoints instead of its final model: best (the "
+                   "run's best checkpoint) or a step N (checkpoint-N)")
     return p.parse_args(argv)
+
+
+def checkpoint_source(run: Path, which: str) -> Path:
+    """`--checkpoint best|N`: the run's checkpoint directory, complete, or one line saying why not."""
+    from trainer.checkpoints import check_complete, complete_checkpoints
+    from trainer.evaluation.best_checkpoint import BEST_FILE, best_step
+
+    if which == "best":
+        step = best_step(run)
+        if step is None:
+            why = "none qualified" if (run / BEST_FILE).is_file() else f"no {BEST_FILE}"
+            raise ConfigError(f"--checkpoint best: {run} records no best checkpoint ({why}); pass a step with "
+                              f"--checkpoint N")
+    elif which.isdigit():
+        step = int(which)
+    else:
+        raise ConfigError(f"--checkpoint: expected best or a step number, got {which!r}")
+    path = run / f"checkpoint-{step}"
+    if not path.is_dir():
+        kept = ", ".join(c.path.name for c in complete_checkpoints(run)) or "none"
+        raise ConfigError(f"--checkpoint {which}: {path} does not exist (complete checkpoints in {run}: {kept})")
+    check_complete(path)
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -133,7 +158,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from trainer.export.source import EXPORT_RECORD
 
-    result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
+    source = checkpoint_source(Path(args.source), args.checkpoint) if args.checkpoint else args.source
+    result = export(source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
                     args.sequence_length, args.verify, args.trust_remote_code)
     print(f"exported to {result.out} ({EXPORT_RECORD}, README.md)")
     return 0

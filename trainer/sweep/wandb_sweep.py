@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.schema import comma_list
 from trainer.sweep.spec import Sweep
 from trainer.sweep.trials import launch_args
 
@@ -15,8 +16,9 @@ def wandb_config(sweep: Sweep) -> dict[str, Any]:
     paths). `program` is only wandb's label for the sweep: the command does not name it. Fixed values become
     single-value parameters, so they show in every run's config. `$WANDB_RUN_ID` in `--output_dir` is expanded by
     the trainer: each agent run writes (and resumes) in its own directory. The agent learns results only through
-    wandb, so its runs always report there."""
-    fixed = {**sweep.fixed, "report_to": "wandb", "log_wandb": True}
+    wandb, so its runs always report there (besides any other tracker `report_to` names)."""
+    trackers = [t for t in comma_list(str(sweep.fixed.get("report_to", "wandb"))) if t not in ("none", "wandb")]
+    fixed = {**sweep.fixed, "report_to": ",".join(["wandb", *trackers]), "log_wandb": True}
     parameters = {k: {"value": v} for k, v in fixed.items()}
     parameters.update({p.key: p.wandb() for p in sweep.parameters})
     return {

@@ -86,6 +86,7 @@ def open_trackers(logging, output_dir: Path, run_config: dict[str, Any], reopen:
     ids = read_ids(output_dir) if reopen else {}
     trackers = [TRACKERS[name].open(logging, output_dir, run_config, ids.get(name)) for name in names]
     if not reopen and trackers:
+        output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / IDS_FILE
         path.write_text(json.dumps({t.name: t.run_id for t in trackers}, indent=1), encoding="utf-8")
     return trackers

@@ -31,7 +31,11 @@ class MlflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (output_dir / DIRECTORY).resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            uri = (output_dir / DIRECTORY).resolve().as_uri()
+            # MLflow 3.x refuses a file store unless asked for by this, its documented opt-in.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         client = MlflowClient(tracking_uri=uri)
         if run_id is not None:
             return cls(client, run_id)
