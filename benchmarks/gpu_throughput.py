@@ -127,7 +127,8 @@ def delphi_config(args, path: Path, mode: str, output_dir: Path, **overrides):
                           cache_dir=str(Path(args.work) / "data"), per_device_train_batch_size=args.batch,
                           gradient_accumulation_steps=1, sort_by_length=True, packing=True, use_flash_attention=True,
                           output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6, logging_steps=10**6,
-                          report_to="none", log_wandb=False, rng_seed=SEED, **HYPER, **overrides)
+                          report_to="none", log_wandb=False, rng_seed=SEED, eval_baseline=False, eval_samples=0,
+                          **HYPER, **overrides)
 
 
 def drawn_samples(config, built):

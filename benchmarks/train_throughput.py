@@ -89,7 +89,7 @@ def delphi_config(model_dir: Path, mode: str, layout: str, output_dir: Path, sam
                           per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUMULATION,
                           sort_by_length="sort" in layout, packing="pack" in layout, output_dir=str(output_dir),
                           save_steps=10**6, eval_steps=10**6, report_to="none", log_wandb=False, rng_seed=SEED,
-                          **HYPER)
+                          eval_baseline=False, eval_samples=0, **HYPER)
 
 
 def drawn_samples(config, built):

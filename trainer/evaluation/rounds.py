@@ -132,7 +132,8 @@ def start_rounds(config, output_dir: Path, tokenizer, val_sets: dict[str, Any], 
     fmt = format_for(config.data, tokenizer)
     configured = {name: ds.eval_prompts for name, ds in zip(entry_names(config.data), config.data.datasets)}
     prompts: list[SamplePrompt] = []
-    room = max(config.data.max_length - evaluation.eval_sample_tokens, 1)
+    # A prompt and its reply stay within max_length where they can; short runs still get half of it for prompts.
+    room = max(config.data.max_length - evaluation.eval_sample_tokens, config.data.max_length // 2)
     for name, samples in val_sets.items():
         if configured.get(name):
             prompts += configured_prompts(name, configured[name], fmt, tokenizer)
