@@ -133,6 +133,9 @@ def test_best_checkpoint_skips_a_lower_mean_that_regressed_on_one_set(tmp_path):
     none = BestCheckpoint(0.0)
     none.add(2, {"a": 6.0}, {"a": 5.0})
     assert none.best() is None and "worse than the base" in none.describe()
+    plain = BestCheckpoint(0.0)
+    plain.add(2, {"a": 6.0}, None)  # a run without a baseline: the lowest mean
+    assert plain.describe() == "checkpoint-2 (mean eval loss 6.000; no baseline to compare with)"
     (tmp_path / "best_checkpoint.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="best_checkpoint.json: not a best-checkpoint record"):
         BestCheckpoint.read(tmp_path, 0.1)

@@ -54,6 +54,8 @@ class BestCheckpoint:
 
     def describe(self) -> str:
         best = self.best()
+        if best is not None and not best.deltas:
+            return f"{best.name} (mean eval loss {best.eval_loss:.3f}; no baseline to compare with)"
         if best is not None:
             return f"{best.name} (mean eval loss {best.eval_loss:.3f}; no set worse than the base by > {self.margin:g})"
         if not self.candidates:

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainer.data.build import entry_names
 from trainer.evaluation.baseline import Baseline, with_delta
 from trainer.evaluation.best_checkpoint import BestCheckpoint
-from trainer.evaluation.samples import SamplePrompt, SampleSettings, append_samples, generate_samples, sample_line
+from trainer.evaluation.samples import (SamplePrompt, SampleSettings, append_samples, configured_prompts,
+                                        generate_samples, picked_prompts, sample_line)
+from trainer.formats import format_for
 
 
 @dataclass
@@ -114,10 +117,6 @@ def start_rounds(config, output_dir: Path, tokenizer, val_sets: dict[str, Any], 
     """The run's evaluation record as a (re)start finds it: the baseline recorded (or to be measured: a new run
     without one), the best-checkpoint candidates up to the resumed step, and, on the main process, the sample
     prompts of every validation set."""
-    from trainer.data.build import entry_names
-    from trainer.formats import format_for
-    from trainer.evaluation.samples import configured_prompts, picked_prompts
-
     evaluation = config.evaluation
     baseline = Baseline.read(output_dir)
     best = BestCheckpoint.read(output_dir, evaluation.best_checkpoint_margin)
