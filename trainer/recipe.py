@@ -10,6 +10,7 @@ line within seconds, not after minutes of loading.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 from trainer.config import TrainConfig
@@ -47,10 +48,13 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     from trainer.formats import FORMATS, format_for
     from trainer.models import VARLEN_ATTENTIONS, check_model_source, check_tokenizer_fits, load_model
     from trainer.resume import check_run
+    from trainer.run_lock import check_free
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        check_free(Path(config.outputs.output_dir))  # another live run there: refused before any long work
     start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
     if start.finished_step is not None:
         if rank0:

@@ -30,6 +30,7 @@ from trainer.data.sources import resolve_input_path
 from trainer.errors import ConfigError, DataError, RunError, first_line
 from trainer.files import check_safetensors, check_writable_dir, refused_pickles
 from trainer.paths import bundled
+from trainer.run_lock import keep_in
 from trainer.run_log import RunLog
 
 # Keys of the training groups that do not change what is trained: they may differ on resume.
@@ -187,8 +188,8 @@ def check_run(config: TrainConfig, world_size: int = 1, total_steps: int | None 
                           f"new output_dir, or --overwrite_output_dir to start over (the old run is moved aside)")
     if differences and not (outputs.resume_with_changes and all(k in CHANGEABLE for k in differences)):
         raise refusal(out, source, differences)
-    if finished is not None and not differences and not outputs.resume_from_checkpoint:
-        return RunStart(out, resume, finished_step=finished)
+    if finished is not None and not differences and outputs.resume_from_checkpoint in (None, RESUME_LAST):
+        return RunStart(out, resume, finished_step=finished)  # the bare flag resumes; a finished run has no more
     if differences and total_steps is not None and resume and resume.step >= total_steps:
         raise ConfigError(f"--resume_with_changes: with {', '.join(differences)} as given the run has "
                           f"{total_steps} steps, but {resume.path} is already at step {resume.step}: nothing left "
@@ -204,6 +205,7 @@ def begin_run(config: TrainConfig, start: RunStart, say=print) -> None:
     if config.outputs.overwrite_output_dir and holds_a_run(out):
         aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(aside)
+        keep_in(out, aside)  # this run's lock
         say(f"--overwrite_output_dir: the earlier run in {out} moved to {aside} (delete it when you no longer "
             f"need it); starting over")
     out.mkdir(parents=True, exist_ok=True)
