@@ -185,6 +185,18 @@ def tidy(output_dir: Path, say: Say = print, keep: Path | None = None) -> None:
             set_aside(path, output_dir, problem, say)
 
 
+def check_not_linked(output_dir: Path) -> None:
+    """Refuses an output_dir where a name Delphi saves, renames or deletes under is a symbolic link: rotation would
+    delete through it (or fail on it) and a save would land wherever it points."""
+    if not output_dir.is_dir():
+        return
+    for path in sorted(output_dir.iterdir()):
+        if path.is_symlink() and (path.name in (STAGING, ROTATING, SET_ASIDE) or checkpoint_step(path) is not None):
+            raise ConfigError(f"output_dir '{output_dir}': {path.name} is a symbolic link (to '{os.readlink(path)}'); "
+                              f"Delphi saves, rotates and deletes there, so it must be a real directory: remove the "
+                              f"link (to resume from a checkpoint elsewhere, name it with --resume_from_checkpoint)")
+
+
 def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainer.checkpoints import (MARKER, STAGING, Checkpoint, finished_step, marker_problem, newest_complete,
-                                 read_marker, tidy, unmark_final)
+from trainer.checkpoints import (MARKER, STAGING, Checkpoint, check_not_linked, finished_step, marker_problem,
+                                 newest_complete, read_marker, tidy, unmark_final)
 from trainer.config import (KEY_GROUP, RESOLVED_CONFIG, RESUME_LAST, OutputConfig, TrainConfig, load_config,
                             write_resolved)
 from trainer.data.sources import resolve_input_path
@@ -90,6 +90,7 @@ def check_output_dir(config: TrainConfig) -> None:
     writes (saving and rotating there would overwrite or delete them)."""
     out_key = "output_dir"
     check_writable_dir(config.outputs.output_dir, out_key)
+    check_not_linked(Path(config.outputs.output_dir))
     out = Path(config.outputs.output_dir).resolve()
     for key, name in (("model_name", config.model.model_name), ("tokenizer_name", config.model.tokenizer_name)):
         if not name or not Path(bundled(name)).exists():

@@ -9,7 +9,9 @@ nothing here starts processes).
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,12 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         deepspeed = Path(bundled(optim.deepspeed_config))
         if not deepspeed.is_file():
             raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
+        try:
+            json.loads(deepspeed.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise ConfigError(f"deepspeed_config: {deepspeed}{where}: not a readable DeepSpeed JSON "
+                              f"({getattr(e, 'msg', None) or e})") from None
     return TrainingArguments(
         output_dir=out.output_dir,
         num_train_epochs=schedule.num_train_epochs,
@@ -158,6 +166,10 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
     plan = StepPlan.of(config, len(sampler), args.world_size)
     if main:
         check_free(output_dir)  # before reading a directory another run may be writing
+        if config.schedule.warmup_steps >= plan.total_steps:
+            print(f"warning: warmup_steps {config.schedule.warmup_steps:,} is not shorter than the run "
+                  f"({plan.total_steps:,} steps): the learning rate never reaches learning_rate "
+                  f"{config.optim.learning_rate:g}; lower warmup_steps to train at the rate you set", file=sys.stderr)
     start = check_run(config, args.world_size, plan.total_steps)
     if start.finished_step is not None:
         if main:

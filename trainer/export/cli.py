@@ -131,6 +131,9 @@ def parse_args(argv: list[str]):
 def main(argv: list[str]) -> int:
     """`delphi export`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
     args = parse_args(argv)
+    if args.sequence_length is not None and args.sequence_length < 1:
+        raise ConfigError(f"--sequence_length: {args.sequence_length}; expected a length of at least 1 (none: the "
+                          f"run's max_length)")
     from trainer.export.source import EXPORT_RECORD
 
     result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,
