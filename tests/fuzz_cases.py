@@ -544,3 +544,7 @@ for name, text, expect in [
     ("run-name-dot", "parameters:\n  learning_rate: [1e-3]\nrun_name: '.'\n", "names trial 0 '.', which is not"),
 ]:
     case("sweep", name, ("sweep", "run", "{C}/s.yaml"), expect, write("s.yaml", SWEEP_BASE + text))
+case("export", "ipu-adapter-base-moved", ("export", "{W}/lora-moved", "{C}/out", "--target", "ipu"),
+     "is not there (moved or deleted?); pass its directory with --base_model")
+case("filesystem", "data-name-too-long", data("alpaca", "{C}/" + "d" * 300 + ".json"),
+     "cannot read {C}/" + "d" * 300 + ".json: File name too long")

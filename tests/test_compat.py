@@ -289,3 +289,12 @@ def test_the_deepspeed_classes_allowed_in_a_weights_only_load_are_where_the_allo
     for name in DEEPSPEED_STATE_CLASSES:
         module, _, attribute = name.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), attribute), type), name
+
+
+def test_an_epoch_checks_the_step_limit_only_after_a_step():
+    """Why TrainerSeams._run_epoch skips an epoch once global_step reached max_steps: upstream trains a step before it
+    first asks whether to stop, so a run resumed at its last step (fractional epochs) would train one more."""
+    from transformers import Trainer
+
+    source = inspect.getsource(Trainer._run_epoch)
+    assert source.index("self.training_step(") < source.index("should_training_stop")

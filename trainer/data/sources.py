@@ -40,8 +40,12 @@ def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
     candidates = [path] if path.is_absolute() else [Path(cache_dir) / path, Path.cwd() / path,
                                                     CHECKOUT / path]
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate.absolute()
+        try:
+            if candidate.is_file():
+                return candidate.absolute()
+        except OSError as e:  # a directory on the way without permission, a name too long: not "not found"
+            raise DataError(f"input_file_path '{input_file_path}': cannot read {candidate}: {e.strerror or e}") \
+                from None
         if candidate.is_symlink():
             try:
                 candidate.stat()
