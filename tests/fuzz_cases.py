@@ -89,7 +89,7 @@ def remove(*names: str) -> Callable[[Path], None]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Out-of-range and mistyped numbers and choices: config.py refuses each, naming the key and where it came from
+# Out-of-range and mistyped numbers and choices: trainer.config refuses each, naming the key and where it came from
 
 NUMBERS = [
     ("learning_rate", "nan"), ("learning_rate", "inf"), ("learning_rate", "-inf"), ("learning_rate", "-1e-4"),
@@ -548,3 +548,16 @@ case("export", "ipu-adapter-base-moved", ("export", "{W}/lora-moved", "{C}/out",
      "is not there (moved or deleted?); pass its directory with --base_model")
 case("filesystem", "data-name-too-long", data("alpaca", "{C}/" + "d" * 300 + ".json"),
      "cannot read {C}/" + "d" * 300 + ".json: File name too long")
+
+for name, text in [("alias-merges-itself", "exp: &e\n  max_length: 64\n  <<: *e\n"),
+                   ("alias-lists-itself", "exp: &e\n  max_length: 64\n  datasets: [*e]\n"),
+                   ("alias-nested-cycle", "exp:\n  datasets:\n    - alpaca: &o\n        size: 4\n        more: [*o]\n")]:
+    case("yaml", name, ("train", "--config_file", "{C}/my.yaml", "--configs", "exp", "--output_dir", "{C}/out"),
+         "contains itself through a YAML alias", write("my.yaml", text))
+case("cli", "flag-twice", (*TRAIN, "--learning_rate", "1e-3", "--learning_rate", "1e-2"),
+     "'learning_rate' given twice (--learning_rate 1e-3, then --learning_rate 1e-2)")
+case("cli", "flag-and-negation", (*TRAIN, "--packing", "--no-packing"), "'packing' given twice (--packing, then --no-packing)")
+case("numbers", "per_device_train_batch_size-huge", (*TRAIN, "--per_device_train_batch_size", "10000000000000000000"),
+     "'per_device_train_batch_size' must be at most 1,048,576")
+case("filesystem", "output-dir-unset-variable", (*TRAIN[:-1], "runs/$DELPHI_FUZZ_UNSET/out"),
+     "$DELPHI_FUZZ_UNSET is not set in the environment")
