@@ -554,9 +554,11 @@ for name, text in [("alias-merges-itself", "exp: &e\n  max_length: 64\n  <<: *e\
                    ("alias-nested-cycle", "exp:\n  datasets:\n    - alpaca: &o\n        size: 4\n        more: [*o]\n")]:
     case("yaml", name, ("train", "--config_file", "{C}/my.yaml", "--configs", "exp", "--output_dir", "{C}/out"),
          "contains itself through a YAML alias", write("my.yaml", text))
-case("cli", "flag-twice", (*TRAIN, "--learning_rate", "1e-3", "--learning_rate", "1e-2"),
-     "'learning_rate' given twice (--learning_rate 1e-3, then --learning_rate 1e-2)")
-case("cli", "flag-and-negation", (*TRAIN, "--packing", "--no-packing"), "'packing' given twice (--packing, then --no-packing)")
+accepted("cli", "flag-twice", (*TRAIN, "--learning_rate", "1e-3", "--learning_rate", "1e-2"),
+         "warning: command line: 'learning_rate' given twice (--learning_rate 1e-3, then --learning_rate 1e-2); the "
+         "last is used")
+accepted("cli", "flag-and-negation", (*TRAIN, "--packing", "--no-packing"),
+         "'packing' given twice (--packing, then --no-packing); the last is used")
 case("numbers", "per_device_train_batch_size-huge", (*TRAIN, "--per_device_train_batch_size", "10000000000000000000"),
      "'per_device_train_batch_size' must be at most 1,048,576")
 case("filesystem", "output-dir-unset-variable", (*TRAIN[:-1], "runs/$DELPHI_FUZZ_UNSET/out"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,10 @@ def split_argv(argv: list[str], extra_options: dict[str, bool] | None = None) ->
             key = name.removeprefix("no-")
             earlier = next((f"--{n}" + (f" {v}" if v is not None else "") for n, v in overrides
                             if n.removeprefix("no-") == key), None)
-            if earlier is not None:
+            if earlier is not None:  # the last wins, as with OASST's argparse (scripts append overrides), but said
                 given = f"--{name}" + (f" {values[0]}" if values else "")
-                raise ConfigError(f"command line: '{key}' given twice ({earlier}, then {given}); give it once")
+                print(f"warning: command line: '{key}' given twice ({earlier}, then {given}); the last is used",
+                      file=sys.stderr)
             overrides.append((name, values[0] if values else None))
     return ParsedArgs(configs, files, overrides, extra)
 
