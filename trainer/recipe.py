@@ -76,8 +76,8 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()
     built = build_datasets(data, tokenizer)
-    for b in built:
-        if not len(b.train):
+    for b, entry in zip(built, data.datasets):
+        if not len(b.train) and not entry.eval_only:  # an eval-only entry has no training split by design
             dropped = b.counts.get("train_dropped_no_trained_tokens", 0)
             raise DataError(f"no training sample of dataset '{b.name}' fits max_length {data.max_length}: "
                             f"{dropped:,} had nothing left to train on once cut to it; raise max_length")
