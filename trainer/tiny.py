@@ -33,13 +33,15 @@ def model_config(architecture: str, vocab_size: int, hidden: int = 64, layers: i
 
 
 def save_tiny_model(directory: Path | str, architecture: str, tokenizer, seed: int = 0, **shape) -> Path:
-    """Random weights, embedding rows = the tokenizer padded to x16, saved with the tokenizer."""
+    """Random weights, embedding rows = the tokenizer padded to x16, begin and end ids the tokenizer's, saved with
+    the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
     torch.manual_seed(seed)
     config = model_config(architecture, padded_vocab_size(tokenizer), **shape)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
