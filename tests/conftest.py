@@ -58,6 +58,23 @@ def tiny_model_dir(tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_tokenizer():
+    """`tiny_chat_tokenizer(model_type)`: a BPE trained on data/ carrying the special tokens and the chat template of
+    the family's instruct checkpoint (`trainer.tiny.TINY_CHATS`: gemma2, gemma3_text, phi3, whose real tokenizers
+    are not in the reference data); `tiny_model_dir(model_type, tiny_chat_tokenizer(model_type))` is its model."""
+    from trainer.tiny import train_chat_tokenizer
+
+    made: dict[str, object] = {}
+
+    def make(model_type: str):
+        if model_type not in made:
+            made[model_type] = train_chat_tokenizer(_bundled_texts(), model_type)
+        return made[model_type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def reference_data() -> Path:
     """`../shared/data` through DELPHI_REFERENCE_DATA; unset means skip (and say why), a wrong path fails."""
     value = os.environ.get("DELPHI_REFERENCE_DATA")

@@ -178,8 +178,9 @@ def copy_model_files(source, target, names=("config.json", "model.safetensors"))
     ("tokenizer_dir_empty", r"tokenizer_name: '.*empty' holds no tokenizer"),
     ("mpt_flag_on_neox", r"mpt: true, but '.*' is a gpt_neox checkpoint"),
     ("unknown_architecture", r"model_name: '.*gpt2' is a gpt2 checkpoint \(config.json model_type\); supported: "
-                             r"gpt_neox \(GPT-NeoX / Pythia\), mpt \(MPT\), falcon \(Falcon\), llama \(Llama 2 / 3.x\), "
-                             r"qwen2 .*, gemma2 \(Gemma 2\), gemma3_text \(Gemma 3 \(text\)\), phi3 \(Phi-3 / Phi-3.5\)$"),
+                             r"gpt_neox \(GPT-NeoX / Pythia\), mpt \(MPT\), falcon \(Falcon\), "
+                             r"llama \(Llama 2 / 3.x\), qwen2 .*, gemma2 \(Gemma 2\), "
+                             r"gemma3_text \(Gemma 3 \(text\)\), phi3 \(Phi-3 / Phi-3.5\)$"),
     ("lora_target_typo", r"lora_target_modules: dense_4h_to_hh not among the linear layers of .*: dense, "
                          r"dense_4h_to_h, dense_h_to_4h, query_key_value, or 'all'"),
 ])
