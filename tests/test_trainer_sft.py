@@ -30,9 +30,12 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
     (tmp_path / "run.yaml").write_text(json.dumps(section))
     assert main(["train", "--configs", "run", "--config_file", str(tmp_path / "run.yaml"), *flags]) == 0
     out, err = capsys.readouterr()
-    # The console: one line per evaluation and one for the end of training, never the Trainer's raw dicts.
-    assert re.search(r"^eval step 4: oasst_export \d+\.\d{3} · alpaca \d+\.\d{3} · sharegpt \d+\.\d{3} · mean "
-                     r"\d+\.\d{3}$", out, re.M)
+    # The console: the base model's losses, one line per evaluation (each loss with its change against the base
+    # model) and a sample line, one for the end of training, never the Trainer's raw dicts.
+    loss = r"\d+\.\d{3} \([+-]\d+\.\d{2}\)"
+    assert re.search(rf"^eval step 4: oasst_export {loss} · alpaca {loss} · sharegpt {loss} · mean {loss}$", out, re.M)
+    assert re.search(r"^base model: oasst_export \d+\.\d{3} · alpaca ", out, re.M)
+    assert re.search(r"^  sample oasst_export: .+ -> ", out, re.M)
     assert re.search(r"^trained for 1 epoch in (\d+ min )?[\d.]+ s: .* mean training loss \d+\.\d{3}$", out, re.M)
     assert "{'" not in out + err
     assert ("Training dataset sizes (before sampling):" in out) == ("--show_dataset_stats" in flags)
