@@ -26,6 +26,7 @@ from trainer.formats import FORMATS
 from trainer.paths import CONFIG_DIR
 from trainer.schema import (at_least, build, check, comma_list, dashes_to_underscores, fields_of, finite_positive,
                             nearest, option, optional, type_name)
+from trainer.strategy import FSDP_SHARDING, OPTIMIZERS
 
 # OASST `config.yaml` keys (and `trainer_sft.py` flags) that Delphi deliberately does not have, with what to do
 # instead.
@@ -36,7 +37,7 @@ RETIRED_OASST_KEYS = {
     "samples_mixing": "use `packing: true`, which keeps samples from attending to each other",
     "random_offset_probability": "Delphi truncates by dropping the oldest turns, never a random window",
     "datasets_extra": "lists replace on merge: name every dataset in one `datasets` list",
-    "quantization": "8-bit AdamW is not offered; use QLoRA for low-memory training",
+    "quantization": "8-bit AdamW is `optim: adamw_8bit` (on CUDA)",
     "per_digit_tokens": "the tokenizer is used as the model ships it",
     "is_reward_model": "Delphi does supervised fine-tuning only",
     "seq2seqmodel": "Delphi trains decoder-only causal LMs",
@@ -211,6 +212,8 @@ class ModelConfig:
     residual_dropout: float = option(0.1, "dropout on the attention and MLP outputs before the residual add")
     use_flash_attention: bool = option(False, "flash-attention 2 where it is installed on CUDA, else SDPA")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    activation_offload: bool = option(False, "keep the activations saved for the backward pass in host memory "
+                                             "(with gradient_checkpointing: only each layer's input)")
     chunked_loss: bool = option(True, "cross-entropy in chunks straight from the hidden states: the (tokens x vocab) "
                                       "logits are never built")
     compile: bool = option(False, "torch.compile the model (shapes vary with the data: pays off on long GPU runs)")
@@ -308,7 +311,13 @@ class OptimConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(2.0, "gradient clipping norm")
     deepspeed: bool = option(False, "train under DeepSpeed with deepspeed_config")
-    deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config)")
+    deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config), "
+                                                         "or zero2, zero3, zero3_offload: the ones Delphi carries")
+    fsdp: str | None = option(None, "shard with torch FSDP2: full_shard (weights, gradients, optimizer state) or "
+                                    "shard_grad_op (weights kept whole from forward to backward); none: off",
+                              choices=tuple(FSDP_SHARDING))
+    optim: str = option("adamw_torch", "adamw_torch (QLoRA: paged AdamW on CUDA), or bitsandbytes' adamw_8bit, "
+                                       "paged_adamw_8bit, paged_adamw_32bit (CUDA only)", choices=tuple(OPTIMIZERS))
     divergence_spike_factor: float = option(5.0, "stop the run when the logged loss stays above this many times "
                                                  "its running median (taken as at least 1); 0: off (a nan or inf "
                                                  "loss or gradient norm always stops it)")

@@ -22,26 +22,24 @@ from transformers.trainer_callback import ProgressCallback
 from trainer.checkpoints import complete_checkpoints
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
-from trainer.errors import ConfigError
-from trainer.paths import bundled
+from trainer.memory_plan import MemoryPlan, plan_run
 from trainer.resume import begin_run, check_run, loading, resume_path
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
+from trainer.strategy import OPTIMIZERS, Strategy
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
 
 
-def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused"
-                       ) -> TrainingArguments:
+def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused",
+                       layer_class: str | None = None) -> TrainingArguments:
     """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
+    `optim_name`: the loader's optimizer for `optim: adamw_torch`; `layer_class`: what FSDP wraps as one unit.
 
-    Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
+    Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA).
+    Under ZeRO-3 these arguments must exist before the model loads (`trainer.strategy.start_sharded_loading`)."""
     cuda = torch.cuda.is_available()
     optim, schedule, out = config.optim, config.schedule, config.outputs
-    deepspeed = None
-    if optim.deepspeed:
-        deepspeed = Path(bundled(optim.deepspeed_config))
-        if not deepspeed.is_file():
-            raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
+    engine = Strategy.of(optim).training_arguments(layer_class)
     return TrainingArguments(
         output_dir=out.output_dir,
         num_train_epochs=schedule.num_train_epochs,
@@ -56,9 +54,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         warmup_steps=schedule.warmup_steps,
         lr_scheduler_type=schedule.lr_scheduler_type,
         max_grad_norm=optim.max_grad_norm,
-        optim=optim_name,  # replaced by the JSON's optimizer under DeepSpeed
+        optim=OPTIMIZERS[optim.optim] or optim_name,  # replaced by the JSON's optimizer under DeepSpeed
         seed=optim.rng_seed,
-        deepspeed=str(deepspeed) if deepspeed else None,
+        **engine,
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
         fp16=cuda and config.model.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
         bf16=cuda and config.model.dtype == "bf16",
@@ -141,12 +139,16 @@ class TrainResult:
 
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
-          callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult | None:
+          callbacks: Sequence = (), optim: str = "adamw_torch_fused", args: TrainingArguments | None = None,
+          memory: MemoryPlan | None = None) -> TrainResult | None:
     """Train `model` on the concatenated train splits; evaluate each validation split by name. Returns None when
-    output_dir already holds this run, finished (said in one line)."""
+    output_dir already holds this run, finished (said in one line). `args`: the Trainer's arguments where they had
+    to exist before the model loaded (ZeRO-3); `memory`: the plan made before loading (else made here)."""
     output_dir = Path(config.outputs.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
-    args = training_arguments(config, has_eval=bool(evals), optim_name=optim)
+    if args is None:
+        args = training_arguments(config, has_eval=bool(evals), optim_name=optim, layer_class=layer_class(model))
+    strategy = Strategy.of(config.optim)
     main = args.process_index == 0
     dataset = ConcatDataset(list(train_sets.values()))
     sampler = sampler_factory(dataset, args.world_size, args.process_index)
@@ -166,12 +168,15 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         trainer = DelphiTrainer(
             model=model, args=args, processing_class=tokenizer, data_collator=collator, train_dataset=dataset,
             eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
-            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, *callbacks])
+            # Sharded weights are whole only inside the model's forward pass: the loss reads the logits.
+            chunked_loss=config.model.chunked_loss and not strategy.shards_weights,
+            callbacks=[log_callback, *callbacks])
         trainer.remove_callback(ProgressCallback)
         progress = TokenProgressCallback(tuple(evals))
         trainer.add_callback(progress)
         if main:
             print(plan.describe(), flush=True)
+            print((memory or plan_run(config, model.config, args.world_size)).describe(), flush=True)
             if resume:
                 print(f"resuming from {resume}", flush=True)
             run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
@@ -196,3 +201,11 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
     finally:
         run_log.finish()
     return result
+
+
+def layer_class(model) -> str | None:
+    """The architecture entry's transformer layer class (what FSDP wraps), for the model's config.json type."""
+    from trainer.architectures import ARCHITECTURES
+
+    entry = ARCHITECTURES.get(getattr(model.config, "model_type", ""))
+    return entry.layer_class if entry else None

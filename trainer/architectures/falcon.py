@@ -16,4 +16,5 @@ def tiny_config(vocab_size: int, hidden: int, layers: int, heads: int, max_posit
 
 # Packed rows: rotary positions and `create_causal_mask`, as GPT-NeoX. 4-bit: see compat.falcon_linears_quantizable.
 ARCHITECTURE = Architecture("falcon", dropout_fields=("hidden_dropout",), packing="position_ids",
+                            layer_class="FalconDecoderLayer",
                             tiny_config=tiny_config, quantized_load=compat.falcon_linears_quantizable)
