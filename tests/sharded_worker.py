@@ -1,7 +1,7 @@
 """One rank of the ZeRO-3 and FSDP2 tests (`torchrun --nproc_per_node N sharded_worker.py MODEL_DIR TMP OUT
 STRATEGY MODE ACCUMULATION [STALL]`): 6 optimizer steps into TMP/OUT (a checkpoint every 2), loaded the way the
-recipe loads (the Trainer's arguments first, then `load_model`), STRATEGY zero3 (TMP/zero3.json) or fsdp, MODE full
-or lora. What each rank holds goes to TMP/OUT-rank{r}.json. With STALL, the run touches TMP/OUT.stalled after
+recipe loads (the Trainer's arguments first, then `load_model`), STRATEGY zero3 (TMP/zero3.json) or fsdp, MODE full,
+lora or qlora (CUDA: one GPU per rank, bf16). What each rank holds goes to TMP/OUT-rank{r}.json. With STALL, the run touches TMP/OUT.stalled after
 step 5 (checkpoint-4 published) and waits there to be killed.
 
 N ranks x batch 1 x ACCUMULATION is the optimizer step's batch: 2 ranks x 2 and 1 rank x 4 train on the same
@@ -19,6 +19,7 @@ from pathlib import Path
 importlib.import_module("deepspeed.comm.torch")
 sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
+import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from train_samples import collator, distributed_sampler, qa_samples  # noqa: E402
@@ -53,6 +54,7 @@ class Record(TrainerCallback):
             "world_size": args.world_size, "global_step": state.global_step, "loaded_values": self.loaded_values,
             "model": type(model).__name__, "optimizer": type(inner).__name__,
             "local_parameters": sum(local_shard(p).numel() for p in model.parameters()),
+            "dtypes": sorted({str(local_shard(p).dtype) for p in model.parameters()}),
             "local_trainable": sum(local_shard(p).numel() for p in model.parameters() if p.requires_grad),
             "optimizer_values": sum(local_shard(t).numel() for t in states if t.dim() > 0)
             + sum(t.numel() for t in flat),
@@ -63,7 +65,7 @@ def main(model_dir: str, tmp: str, out: str, strategy: str, mode: str, accumulat
     tmp_path = Path(tmp)
     engine = {"deepspeed": True, "deepspeed_config": str(tmp_path / "zero3.json")} if strategy == "zero3" \
         else {"fsdp": "full_shard"}
-    config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / out), mode=mode,
+    config = TrainConfig.of(model_name=model_dir, dtype="bf16" if torch.cuda.is_available() else "fp32", output_dir=str(tmp_path / out), mode=mode,
                             learning_rate=1e-3, num_train_epochs=2, per_device_train_batch_size=1,
                             gradient_accumulation_steps=int(accumulation), warmup_steps=1, logging_steps=1,
                             save_steps=2, eval_steps=3, report_to="none", max_length=32, save_total_limit=5,

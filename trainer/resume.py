@@ -35,8 +35,8 @@ from trainer.run_log import RunLog
 # Keys of the training groups that do not change what is trained: they may differ on resume.
 FREE_KEYS = frozenset({
     "cache_dir", "val_max_length", "per_device_eval_batch_size", "eval_steps", "save_steps", "use_flash_attention",
-    "gradient_checkpointing", "trust_remote_code", "mpt", "divergence_spike_factor", "divergence_window",
-    "divergence_patience"})
+    "gradient_checkpointing", "activation_offload", "trust_remote_code", "mpt", "divergence_spike_factor",
+    "divergence_window", "divergence_patience"})
 FREE_GROUPS = ("logging", "outputs")
 CHANGEABLE = ("num_train_epochs", "learning_rate", "max_grad_norm")  # with --resume_with_changes
 RANKS = "ranks (WORLD_SIZE)"
