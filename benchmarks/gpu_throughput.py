@@ -23,8 +23,9 @@ Arms, each in its own process, under a timeout:
 - scaling out (issue 20), the delphi arm with one change each, on every GPU of the machine (`torchrun
   --nproc_per_node` the device count; one GPU reaches the same code paths with one rank): delphi-8bit
   (`optim: adamw_8bit`, QLoRA `paged_adamw_8bit`; LoRA and QLoRA), delphi-fsdp (`fsdp: full_shard`; QLoRA across
-  ranks: 4-bit weights stored in bf16, and full), delphi-zero3 (`deepspeed_config: zero3`; QLoRA and full; needs
-  deepspeed on the device: build its wheel here with `pip wheel --no-deps deepspeed==0.19.8 -w .whl`).
+  ranks: 4-bit weights stored in bf16, and full), delphi-zero3 (`configs/zero3.json` with torch's AdamW, as
+  DeepSpeed's fused one is compiled on first use; QLoRA and full; needs deepspeed on the device: build its wheel
+  here with `pip wheel --no-deps deepspeed==0.19.8 -w .whl`).
   Every delphi arm also records the memory plan's per-rank total beside the measured peak (`plan GiB`).
 
 Measured the same way for all: tokens are counted on the CPU side of each arm's collator (no device sync), time
@@ -242,6 +243,8 @@ def run_arm(args) -> None:
 
         extra = {"padding_free": True, "compile": args.compile} if args.arm == "delphi-padding-free" else {}
         extra |= SCALE_ARMS.get(args.arm, ((), {}))[1]
+        if extra.get("deepspeed"):
+            extra["deepspeed_config"] = torch_adam_json(Path(args.work))
         if extra.get("optim") and args.mode == "qlora":
             extra["optim"] = "paged_adamw_8bit"
         config = delphi_config(args, path, args.mode, output_dir, **extra)
@@ -253,6 +256,16 @@ def run_arm(args) -> None:
         baseline(args.arm, config, tokenizer, drawn_samples(config, built), meter)
     sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
              f"raise --samples")
+
+
+def torch_adam_json(work: Path) -> str:
+    """configs/zero3.json with torch's AdamW (DeepSpeed's fused Adam is JIT-compiled, which needs the CUDA
+    toolkit on the device)."""
+    settings = json.loads((REPO / "configs" / "zero3.json").read_text())
+    settings["optimizer"]["params"]["torch_adam"] = True
+    path = work / f"zero3-torch-adam-{os.environ.get('RANK', '0')}.json"
+    path.write_text(json.dumps(settings))
+    return str(path)
 
 
 def planned_gib(config, path: Path) -> float:

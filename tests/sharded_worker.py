@@ -1,7 +1,7 @@
 """One rank of the ZeRO-3 and FSDP2 tests (`torchrun --nproc_per_node N sharded_worker.py MODEL_DIR TMP OUT
 STRATEGY MODE ACCUMULATION [STALL]`): 6 optimizer steps into TMP/OUT (a checkpoint every 2), loaded the way the
 recipe loads (the Trainer's arguments first, then `load_model`), STRATEGY zero3 (TMP/zero3.json) or fsdp, MODE full,
-lora or qlora (CUDA: one GPU per rank, bf16). What each rank holds goes to TMP/OUT-rank{r}.json. With STALL, the run touches TMP/OUT.stalled after
+lora or qlora (CUDA: one GPU per rank, bf16); the adapter modes also checkpoint and offload activations. What each rank holds goes to TMP/OUT-rank{r}.json. With STALL, the run touches TMP/OUT.stalled after
 step 5 (checkpoint-4 published) and waits there to be killed.
 
 N ranks x batch 1 x ACCUMULATION is the optimizer step's batch: 2 ranks x 2 and 1 rank x 4 train on the same
@@ -69,7 +69,8 @@ def main(model_dir: str, tmp: str, out: str, strategy: str, mode: str, accumulat
                             learning_rate=1e-3, num_train_epochs=2, per_device_train_batch_size=1,
                             gradient_accumulation_steps=int(accumulation), warmup_steps=1, logging_steps=1,
                             save_steps=2, eval_steps=3, report_to="none", max_length=32, save_total_limit=5,
-                            residual_dropout=0.0, lora_dropout=0.0, lora_r=4, **engine)
+                            residual_dropout=0.0, lora_dropout=0.0, lora_r=4, gradient_checkpointing=mode != "full",
+                            activation_offload=mode != "full", **engine)
     tokenizer = load_tokenizer(model_dir)
     source = check_model_source(config.model, config.adapters)
     world_size = int(os.environ["WORLD_SIZE"])

@@ -143,6 +143,7 @@ def test_two_ranks_shard_train_like_one_rank_resume_after_kill_and_save_a_whole_
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["zero3", "fsdp"])
 def test_lora_on_two_sharded_ranks_saves_its_adapter_whole_and_exports_merged(sharded, strategy, tiny_model_dir):
+    """With activation checkpointing and activation offload on (sharded_worker.py)."""
     from trainer.cli import main as delphi
 
     tmp, run, _ = sharded
