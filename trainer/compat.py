@@ -87,11 +87,12 @@ class TrainerSeams:
 
         self.before_save()
         self.checkpoint_staging = str(staging_dir(Path(self.args.output_dir)))
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            staged, self.checkpoint_staging = self.checkpoint_staging, None
-        self.checkpoint_saved(Path(staged) / f"checkpoint-{self.state.global_step}")
+        with self.writing_checkpoint():
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                staged, self.checkpoint_staging = self.checkpoint_staging, None
+            self.checkpoint_saved(Path(staged) / f"checkpoint-{self.state.global_step}")
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
                                  learning_rate=None) -> None:
@@ -100,6 +101,14 @@ class TrainerSeams:
         self.observe_step(tr_loss, grad_norm, self.accelerator.optimizer_step_was_skipped)
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
                                          learning_rate=learning_rate)
+
+    def _run_epoch(self, *args, **kwargs) -> None:
+        """transformers 5.24 checks `max_steps` only after an optimizer step, so a run resumed from a checkpoint of
+        its last step with a fractional num_train_epochs (the epoch is not over) trains one step past its plan.
+        Nothing is left to train there: the epoch is not run."""
+        if self.state.global_step >= self.state.max_steps:
+            return
+        super()._run_epoch(*args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         """A resumed LambdaLR (linear, cosine) keeps the checkpoint's `base_lrs`, and the optimizer the learning rate
@@ -163,6 +172,40 @@ def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor for an FSDP2 DTensor (the gradient norm FSDP2's clipping returns is one, replicated), which
     would otherwise drag every later operation into DTensor's sharding rules."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+# ----------------------------------------------------------------------------------------------------------
+# deepspeed: loading its checkpoint files
+
+# The classes ZeRO-1/2 optimizer states hold besides tensors and plain containers (DeepSpeed 0.19).
+DEEPSPEED_STATE_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+@contextmanager
+def deepspeed_loads_weights_only() -> Iterator[None]:
+    """DeepSpeed 0.19's `TorchCheckpointEngine.load` unpickles with `weights_only=False`, so a checkpoint copied in
+    from elsewhere, even with a forged completion marker, could run code on resume. While the block runs it loads
+    with `weights_only=True` and only the DeepSpeed classes its ZeRO states hold allowed: anything else is refused
+    by torch (`pickle.UnpicklingError`, one line through `trainer.files.refused_pickles`)."""
+    import importlib
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = [getattr(importlib.import_module(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])
+               for name in DEEPSPEED_STATE_CLASSES]
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    original = TorchCheckpointEngine.load
+    TorchCheckpointEngine.load = load
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,13 +296,16 @@ def quiet_peft_model_init() -> Iterator[None]:
 # torch
 
 @functools.cache
-def varlen_causal_kwargs() -> dict:
+def varlen_causal_kwargs(window: int | None = None) -> dict:
     """torch's `varlen_attn` said "causal" as `is_causal=True` in its first releases and as `window_size=(-1, 0)`
-    later."""
+    later, where `(window - 1, 0)` is causal within a sliding window; the first releases have no window."""
     from torch.nn.attention.varlen import varlen_attn
 
-    return {"window_size": (-1, 0)} if "window_size" in inspect.signature(varlen_attn).parameters \
-        else {"is_causal": True}
+    if "window_size" in inspect.signature(varlen_attn).parameters:
+        return {"window_size": (-1 if window is None else window - 1, 0)}
+    if window is not None:
+        raise ValueError("this torch's varlen_attn has no sliding window; use flash_attention_2 or a newer torch")
+    return {"is_causal": True}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ so that a bad input is one line within seconds, not after minutes of loading.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from trainer.config import TrainConfig
+from trainer.errors import ConfigError, DataError
 from trainer.train import TrainResult
 
 
@@ -49,22 +51,29 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     from trainer.data.sampler import draw_counts
     from trainer.formats import FORMATS, format_for
     from trainer.memory_plan import plan_run
-    from trainer.models import (VARLEN_ATTENTIONS, check_model_source, check_tokenizer_fits, choose_attention,
-                                load_model, optimizer_name)
+    from trainer.models import (VARLEN_ATTENTIONS, check_model_source, check_positions, check_tokenizer_fits,
+                                choose_attention, load_model, optimizer_name)
     from trainer.resume import check_run
+    from trainer.run_lock import check_free
     from trainer.strategy import Strategy, check_host_memory, check_strategy, start_sharded_loading
     from trainer.tokens import load_tokenizer
     from trainer.train import train, training_arguments
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if rank0:
+        check_free(Path(config.outputs.output_dir))  # another live run there: refused before any long work
     start = check_run(config, world_size)
     if start.finished_step is not None:
         if rank0:
             print(start.finished_line(), flush=True)
         return None
     model, data = config.model, config.data
+    if not data.datasets:
+        raise ConfigError("the config names no datasets (datasets is empty or null): add a section with a "
+                          "`datasets:` list to --configs, or give --datasets")
     source = check_model_source(model, config.adapters)
+    check_positions(source, data.max_length, data.val_max_length)
     strategy = Strategy.of(config.optim)
     check_strategy(config, strategy, torch.cuda.is_available())
     eager = choose_attention(model, source, data.padding_free)[0] == "eager"
@@ -76,6 +85,11 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()
     built = build_datasets(data, tokenizer)
+    for b in built:
+        if not len(b.train):
+            dropped = b.counts.get("train_dropped_no_trained_tokens", 0)
+            raise DataError(f"no training sample of dataset '{b.name}' fits max_length {data.max_length}: "
+                            f"{dropped:,} had nothing left to train on once cut to it; raise max_length")
     # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
     # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
     set_seed(config.optim.rng_seed)

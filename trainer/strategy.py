@@ -94,9 +94,9 @@ def _read_json(path: Path) -> dict:
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"deepspeed_config: cannot read {path}: {e}") from None
+        raise ConfigError(f"deepspeed_config: {path}: not a readable DeepSpeed JSON ({e})") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"deepspeed_config: {path}:{e.lineno}: not valid JSON: {e.msg}") from None
+        raise ConfigError(f"deepspeed_config: {path}:{e.lineno}: not a readable DeepSpeed JSON ({e.msg})") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"deepspeed_config: {path}: expected a JSON object of DeepSpeed settings")
     return settings

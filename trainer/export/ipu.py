@@ -39,9 +39,9 @@ def check_ipu_model(hf_config, where: str) -> None:
     """Fails before any weights load when the pipeline could not run this model; names the field and why."""
     if hf_config.model_type != "gpt_neox":
         raise ConfigError(
-            f"--target ipu: {where} is a {hf_config.model_type} model (config.json model_type), but Graphcore's "
-            f"IPU pipeline (DollyPipeline) builds only the GPT-NeoX/Pythia graph and copies weights by GPT-NeoX "
-            f"names, so it cannot serve MPT or Falcon; use --target hf (transformers, vLLM, TGI) instead")
+            f"--target ipu: {where} is a {hf_config.model_type} model (config.json model_type), but the IPU export "
+            f"is GPT-NeoX only: Graphcore's pipeline (DollyPipeline) builds the GPT-NeoX/Pythia graph and copies "
+            f"weights by GPT-NeoX names; use --target hf (transformers, vLLM, TGI) instead")
     for field, (required, why) in GRAPH_REQUIREMENTS.items():
         value = getattr(hf_config, field, required)
         if value != required:
@@ -118,7 +118,8 @@ def check_tokens(tokenizer, end_key: str) -> None:
 def write_ipu(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[str, Any]:
     """The pipeline's files, and its settings for the record (printed too: the user passes them on)."""
     check_tokens(tokenizer, fmt.end_key)
-    sequence_length = options.sequence_length or min(options.max_length or MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH)
+    sequence_length = options.sequence_length if options.sequence_length is not None else \
+        min(options.max_length or MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH)
     settings = pipeline_settings(model, tokenizer, fmt, sequence_length)
     model.save_pretrained(out, max_shard_size=options.max_shard_size)  # today's names (embed_out), then converted
     safetensors_to_bin(out)
