@@ -42,8 +42,8 @@ class Record(TrainerCallback):
         self.loaded_values = loaded_values  # weight values this rank held right after loading
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stall is not None and state.global_step == 5:
-            self.stall.touch()
+        if self.stall is not None and state.global_step == 5:  # torchrun gives each rank a session of its own
+            Path(f"{self.stall}.{os.getpid()}").touch()
             time.sleep(600)
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):

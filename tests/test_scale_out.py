@@ -68,12 +68,14 @@ def sharded(tiny_model_dir, tmp_path_factory):
 
 
 def kill_when_stalled(proc: subprocess.Popen, flag: Path, timeout: float = 400) -> None:
-    """kill -9 of the launcher and both ranks once the run has stopped after step 5."""
+    """kill -9 of the launcher and both ranks (each in a session of its own) once both stopped after step 5."""
     deadline = time.monotonic() + timeout
-    while not flag.exists():
+    while len(ranks := list(flag.parent.glob(f"{flag.name}.*"))) < 2:
         assert proc.poll() is None, "the run ended before it stalled"
         assert time.monotonic() < deadline, "the run never stalled"
         time.sleep(0.5)
+    for rank in ranks:
+        os.kill(int(rank.suffix[1:]), signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
