@@ -58,8 +58,9 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
         return None
     model, data = config.model, config.data
     source = check_model_source(model, config.adapters)
-    tokenizer = load_tokenizer(model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens,
-                               model.trust_remote_code)
+    fmt_cls = FORMATS[data.prompt_format]
+    tokenizer = load_tokenizer(model.tokenizer, data.max_length, fmt_cls.required_tokens, model.trust_remote_code,
+                               fmt_cls.adds_chat_tokens)
     check_tokenizer_fits(source, tokenizer, model)
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()
