@@ -6,9 +6,9 @@ For the assistant message at index i of a conversation rendered as `full`:
   answer there;
 - its turn ends where `render(messages[:i + 1])` ends, when that is a prefix of `full` (the template renders
   history the same whether or not more follows). Templates that render a last turn differently (Qwen3 adds an
-  empty thinking block to the turns after the last user message) are handled through the message's content: a
-  marker appended to it shows where the content ends in both renderings, and the text the template closes the
-  turn with (`<|im_end|>\\n`) must follow it in `full` too;
+  empty thinking block to the turns after the last user message) close it the same way: the turn then ends at
+  the first occurrence, after its start, of the text `render(messages[:i + 1])` closes with (from its last special
+  token on: `<|im_end|>\\n`);
 - whitespace the template renders after the turn's last special token (Qwen's newline after `<|im_end|>`) is not
   trained: a server stops at the token and never generates what follows it, and the next turn's text is not the
   assistant's. Every turn must end with a special token (`<|eot_id|>`, `<|im_end|>`, `</s>`), the token a server
@@ -17,13 +17,10 @@ A template for which any of this fails is refused, naming the template and the m
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from trainer.errors import DataError
-
-MARK = "\x00"  # appended to a message's content to see where the template puts it; no message contains it
 
 Render = Callable[..., str]  # (messages, add_generation_prompt=False) -> the template's text
 
@@ -49,11 +46,11 @@ def locate_turns(render: Render, messages: Sequence[dict[str, Any]], specials: S
         if not full.startswith(prompt):
             raise DataError(f"{where}: cannot locate assistant message {i}: the generation prompt the template "
                             f"renders for it is not the start of the conversation it renders")
-        end = _turn_end(render, messages, i, full)
-        if end is None or end <= start:
+        end = _turn_end(render, messages, i, full, start, specials)
+        if end is None:
             raise DataError(f"{where}: cannot locate the end of assistant message {i}: the template renders it "
-                            f"differently inside the conversation than as its last message, and not around its "
-                            f"content")
+                            f"differently inside the conversation than as its last message, and does not close it "
+                            f"with the same special token there")
         turn = full[start:end].rstrip()
         token = next((t for t in specials if turn.endswith(t)), None)
         if token is None:
@@ -64,29 +61,15 @@ def locate_turns(render: Render, messages: Sequence[dict[str, Any]], specials: S
     return TemplateSpans(full, tuple(spans), tuple(ends))
 
 
-def _turn_end(render: Render, messages: Sequence[dict[str, Any]], i: int, full: str) -> int | None:
+def _turn_end(render: Render, messages: Sequence[dict[str, Any]], i: int, full: str, start: int,
+              specials: Sequence[str]) -> int | None:
     through = full if i == len(messages) - 1 else render(messages[:i + 1])
     if full.startswith(through):
         return len(through)
-    closing = _after_content(through, render(_marked(messages[:i + 1], i)))
-    after = _after_content(full, render(_marked(messages, i)))
-    if closing is None or after is None:
+    body = through.rstrip()
+    token = next((t for t in specials if body.endswith(t)), None)
+    if token is None:
         return None
-    content_end = len(full) - after
-    closing_text = through[len(through) - closing:]
-    return content_end + closing if full.startswith(closing_text, content_end) else None
-
-
-def _marked(messages: Sequence[dict[str, Any]], i: int) -> list[dict[str, Any]]:
-    marked = list(messages)
-    marked[i] = {**messages[i], "content": (messages[i].get("content") or "") + MARK}
-    return marked
-
-
-def _after_content(text: str, marked: str) -> int | None:
-    """How many characters of `text` follow the message content, given `marked`, the same rendering with the
-    marker after that content; None when the marker did not land right after it (the content is not rendered, or
-    rendered other than as given)."""
-    after = len(os.path.commonprefix([text[::-1], marked[::-1]]))
-    head = marked[:len(marked) - after]
-    return after if head.endswith(MARK) and head[:-len(MARK)] == text[:len(text) - after] else None
+    closing = through[len(body) - len(token):]
+    found = full.find(closing, start)
+    return None if found < 0 else found + len(closing)
