@@ -40,6 +40,7 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "from_cache": built.from_cache,
         "seconds": round(built.seconds, 3),
         "skipped_lines": built.skipped[:20],
+        "parity": built.parity,
     }
 
 
