@@ -29,7 +29,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
-    from trainer.export.parity import add_stops, check_export, eos_ids, parity_export_line
+    from trainer.export.parity import add_stops, check_export, eos_ids, parity_export_line, stop_ids
     from trainer.export.source import RESOLVED_CONFIG, read_run
     from trainer.formats import FORMATS
     from trainer.models import TORCH_DTYPES, set_token_ids
@@ -72,14 +72,15 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
             model = merge.load_full_model(run)
             reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
-    base_stops = eos_ids(model.generation_config.to_dict())
+    base_name = run.base_model or (run.config.model.model_name if run.config else str(run.path))
+    base_stops = stop_ids(base_name) + eos_ids(model.generation_config.to_dict())
     set_token_ids(model, tokenizer, fmt.end_key)
     if not fmt.adds_chat_tokens:
         add_stops(model, tokenizer, fmt, base_stops)
     tokenizer.chat_template = fmt.chat_template()
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
-        "base_model": run.base_model or (run.config.model.model_name if run.config else str(run.path)),
+        "base_model": base_name,
         "adapter_sha256": run.adapter_sha256, "merged": run.is_adapter,
         "vocab_rows": model.get_input_embeddings().num_embeddings,
         "prompt_format": fmt.name, "end_key": fmt.end_key, "eval_loss": eval_losses(run.path),

@@ -29,6 +29,12 @@ def eos_ids(generation: dict[str, Any]) -> list[int]:
     return value if isinstance(value, list) else [] if value is None else [value]
 
 
+def stop_ids(model_dir: Path | str | None) -> list[int]:
+    """The eos ids of a local model directory's own generation_config.json (none for hub names or without one)."""
+    path = Path(model_dir) / "generation_config.json" if model_dir else None
+    return eos_ids(json.loads(path.read_text())) if path is not None and path.is_file() else []
+
+
 def add_stops(model, tokenizer, fmt, base_stops: list[int]) -> None:
     """The generation config stops at the tokenizer's eos, the format's end key (one token) and every stop id the
     base model's own generation config had (`base_stops`: Llama 3's `<|end_of_text|>` and `<|eom_id|>`, Qwen's
