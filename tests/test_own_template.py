@@ -186,3 +186,16 @@ def test_delphi_formats_refuse_tool_turns(tokenizer):
     with pytest.raises(DataError, match=r"chat.jsonl:4: turn 1 has tool_calls: tool calls are not trained by the "
                                         r"oasst format \(prompt_format chat_template trains them"):
         encode(conv, build_format("oasst", tokenizer), SegmentEncoder(tokenizer), 512, True)
+
+
+def test_a_tokenizer_padding_with_its_eos_gets_a_pad_of_its_own():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.tokens import PADDING_TOKEN, choose_pad
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<eos>": 0, "a": 1}, unk_token="<eos>")),
+                                   eos_token="<eos>", pad_token="<eos>")
+    choose_pad(bare)
+    assert bare.pad_token == PADDING_TOKEN and bare.pad_token_id == 2 and len(bare) == 3

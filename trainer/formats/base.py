@@ -79,9 +79,9 @@ class ConversationFormat(ABC):
     system: str | None
 
     @classmethod
+    @abstractmethod
     def for_tokenizer(cls, tokenizer, system: str | None, **options: Any) -> ConversationFormat:
-        """This format for a tokenizer (its eos and bos), with a system prefix and the format's own options."""
-        return cls(tokenizer.eos_token, tokenizer.bos_token, system, **options)
+        """This format for a tokenizer, with a system prefix and the format's own options."""
 
     @classmethod
     def detect(cls, tokenizer) -> bool:
@@ -129,6 +129,11 @@ class PromptFormat(ConversationFormat):
         self.bos = bos
         self.system = system
         self.options = options
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, system: str | None, **options: Any) -> PromptFormat:
+        """The format with the tokenizer's eos and bos."""
+        return cls(tokenizer.eos_token, tokenizer.bos_token, system, **options)
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "system": self.system, "eos": self.eos, "bos": self.bos, **self.options}
