@@ -30,7 +30,7 @@ EXCHANGES = [("Hi, who are you?", "I am a helpful assistant."), ("What is 2+2?",
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
                                             "parameters": {"type": "object",
                                                            "properties": {"city": {"type": "string"}}}}}
-CALL = {"role": "assistant", "content": "", "tool_calls": [
+CALL = {"role": "assistant", "content": None, "tool_calls": [
     {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
 RESULT = {"role": "tool", "name": "get_weather", "content": "22 degrees, sunny"}
 

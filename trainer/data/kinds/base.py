@@ -63,8 +63,9 @@ def chat_record(record: dict[str, Any], where: str, source: str, *, key: str, ro
                     " (tool calls are not trained by Delphi)") if role in tool_roles else ""
             raise DataError(f"{where}: {label}: {role_key} {role!r} is not one of {', '.join(roles)}{hint}")
         extra = template_keys(message, roles[role], f"{where}: {label}") if TOOL in roles.values() else {}
-        text = string_field(message, text_key, f"{where}: {label}", default="" if extra.get("tool_calls") else None,
-                            blank=bool(extra.get("tool_calls")))
+        calls = bool(extra.get("tool_calls"))  # a message calling tools may say nothing (content missing or null)
+        text = "" if calls and message.get(text_key) is None else \
+            string_field(message, text_key, f"{where}: {label}", blank=calls)
         turns.append((roles[role], text, f"{label} ({role_key} {role!r})", extra))
     return chat_conversation(turns, where, source, tools)
 
