@@ -5,6 +5,7 @@ records the check, and every bad input is one line."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -199,3 +200,74 @@ def test_a_tokenizer_padding_with_its_eos_gets_a_pad_of_its_own():
                                    eos_token="<eos>", pad_token="<eos>")
     choose_pad(bare)
     assert bare.pad_token == PADDING_TOKEN and bare.pad_token_id == 2 and len(bare) == 3
+
+
+# ----------------------------------------------------------------------------------------------- end to end, tiny models
+
+E2E = {"llama": "llama-3.2-3b-instruct", "qwen2": "qwen2.5-0.5b-instruct"}
+
+
+@pytest.mark.parametrize("family", list(E2E))
+def test_train_export_and_chat_on_the_models_own_template(tmp_path, tokenizers, tiny_model_dir, reference_data,
+                                                          family, monkeypatch, capsys):
+    """`delphi train` with prompt_format chat_template on a tiny model of the family carrying the real tokenizer,
+    `delphi export`, then: parity.json beside the data and in the export, the exported template unchanged, its
+    generation prompt the prefix every reply was trained to continue, the stop ids, and a chat."""
+    from transformers import AutoTokenizer
+
+    from trainer.chat_session import fit_history
+    from trainer.cli import main as delphi
+
+    name = E2E[family]
+    tokenizer = tokenizers[name]
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir(family, tokenizer), model_dir)
+    shutil.copy(reference_data / "model_tokenizers" / name / "generation_config.json", model_dir)
+    records = [{"messages": chat(EXCHANGES[:1 + i % 3], system=i % 2 == 1)} for i in range(6)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    section = {"ct": {"datasets": [{"messages": {"input_file_path": str(tmp_path / "chat.jsonl"), "val_split": 0.34}}],
+                      "prompt_format": "chat_template", "model_name": str(model_dir), "dtype": "fp32",
+                      "max_length": 128, "num_train_epochs": 1, "per_device_train_batch_size": 2,
+                      "gradient_accumulation_steps": 1, "warmup_steps": 0, "learning_rate": 1e-3, "logging_steps": 1,
+                      "eval_steps": 3, "save_steps": 100, "report_to": "none", "cache_dir": str(tmp_path / "cache"),
+                      "output_dir": str(tmp_path / "out")}}
+    (tmp_path / "ct.yaml").write_text(json.dumps(section))
+    assert delphi(["train", "--config_file", str(tmp_path / "ct.yaml"), "--configs", "ct"]) == 0
+    (data_parity,) = (tmp_path / "cache" / "tokenized").glob(f"*/{PARITY_FILE}")
+    record = json.loads(data_parity.read_text())
+    assert record["result"] == "ok" and record["end_of_turn_tokens"] == [END[name]]
+    assert record["splits"]["train"]["checked"] == record["splits"]["train"]["samples"] == 4
+
+    assert delphi(["export", str(tmp_path / "out"), str(tmp_path / "export"), "--dtype", "fp32"]) == 0
+    assert "parity: chat template, special and added tokens unchanged" in capsys.readouterr().out
+    exported = json.loads((tmp_path / "export" / PARITY_FILE).read_text())
+    assert exported["result"] == "ok" and exported["pad_token"] == PAD[name]
+    served = AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert served.chat_template == tokenizer.chat_template and served.pad_token == PAD[name]
+    stops = json.loads((tmp_path / "export" / "generation_config.json").read_text())["eos_token_id"]
+    base_stops = json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"]
+    assert set(base_stops) | {served.convert_tokens_to_ids(END[name])} <= set(stops)
+
+    import datasets
+    train = datasets.Dataset.from_file(str(data_parity.parent / "train.arrow"))
+    fmt = build_format("chat_template", served)
+    for row in train:
+        ids, labels = row["input_ids"], row["labels"]
+        for messages in (r["messages"] for r in records):
+            if template_ids(served, messages) == ids:
+                break
+        else:
+            raise AssertionError("a trained sample that is no conversation's apply_chat_template")
+        for i in (i for i, m in enumerate(messages) if m["role"] == "assistant"):
+            prompt = template_ids(served, messages[:i], add_generation_prompt=True)
+            assert ids[:len(prompt)] == prompt and labels[len(prompt)] == ids[len(prompt)]
+            assert labels[len(prompt) - 1] == IGNORE_INDEX
+        turns = [Turn(PROMPTER if m["role"] == "user" else ASSISTANT, m["content"]) for m in messages
+                 if m["role"] != "system"]
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        chat_ids, _ = fit_history(turns[:-1], fmt, SegmentEncoder(served), system, 4096)
+        assert chat_ids.tolist() == template_ids(served, messages[:-1], add_generation_prompt=True)
+
+    monkeypatch.setenv("EXAMPLE_PROMPTS", json.dumps(["Hi, who are you?", "What is 2+2?"]))
+    assert delphi(["chat", "--model", str(tmp_path / "export"), "--temperature", "0", "--output_length", "4"]) == 0
+    assert capsys.readouterr().out.count("Assistant:") == 2
