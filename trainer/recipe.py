@@ -79,8 +79,9 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     eager = choose_attention(model, source, data.padding_free)[0] == "eager"
     memory = plan_run(config, source.hf_config, world_size, eager)
     check_host_memory(memory)
-    tokenizer = load_tokenizer(model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens,
-                               model.trust_remote_code)
+    fmt_cls = FORMATS[data.prompt_format]
+    tokenizer = load_tokenizer(model.tokenizer, data.max_length, fmt_cls.required_tokens, model.trust_remote_code,
+                               fmt_cls.adds_chat_tokens)
     check_tokenizer_fits(source, tokenizer, model)
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()

@@ -2,7 +2,9 @@
 
 The cache key covers everything that changes the tokens: the entry's options, the prompt format and its
 settings, max lengths, label masking, the tokenizer itself and the content of every file read. A second run with
-the same key memory-maps the saved Arrow files instead of reading and tokenizing again.
+the same key memory-maps the saved Arrow files instead of reading and tokenizing again. With a model's own chat
+template (`prompt_format: chat_template`) the build runs the parity check (`trainer.data.parity`) and keeps its
+record, `parity.json`, beside the Arrow files.
 """
 from __future__ import annotations
 
@@ -23,11 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from trainer.config import DataConfig, DatasetConfig
+from trainer.data.parity import PARITY_FILE, DataParity, checked_conversations
 from trainer.data.sources import load_source, resolve_input_path
 from trainer.data.tokenize import EncodeStats, SegmentEncoder, encode_all
 from trainer.errors import DataError
 from trainer.files import check_writable_dir
-from trainer.formats import PromptFormat, format_for
+from trainer.formats import ConversationFormat, format_for
+from trainer.formats.own_template import ChatTemplateFormat
 
 if TYPE_CHECKING:
     import datasets
@@ -49,6 +53,7 @@ class BuiltDataset:
     from_cache: bool = False
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # locations of skipped bad lines
+    parity: dict | None = None  # parity.json, for a model's own chat template
 
 
 def entry_names(data: DataConfig) -> list[str]:
@@ -68,7 +73,7 @@ def build_datasets(data: DataConfig, tokenizer, rebuild: bool = False) -> list[B
             for name, ds in zip(entry_names(data), data.datasets)]
 
 
-def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: PromptFormat,
+def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: ConversationFormat,
                encoder: SegmentEncoder, rebuild: bool) -> BuiltDataset:
     import datasets
 
@@ -84,11 +89,12 @@ def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: P
             _write_atomically(path, lambda tmp: _tokenize_source(ds, data, fmt, encoder, tmp, key))
     meta = json.loads((path / "counts.json").read_text())
     train, val = (datasets.Dataset.from_file(str(path / f"{split}.arrow")) for split in SPLITS)
+    parity = json.loads((path / PARITY_FILE).read_text()) if (path / PARITY_FILE).is_file() else None
     return BuiltDataset(name, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
-                        meta["skipped"])
+                        meta["skipped"], parity)
 
 
-def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, encoder: SegmentEncoder,
+def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: ConversationFormat, encoder: SegmentEncoder,
                      directory: Path, key: str) -> None:
     """Read the source, then tokenize and write it chunk by chunk, so that peak memory holds the conversations,
     the per-text id cache and one chunk of samples, never every sample twice."""
@@ -96,21 +102,27 @@ def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, enc
 
     source = load_source(ds, data.cache_dir)
     counts = dict(source.counts)
+    parity = DataParity(fmt, data.label_masking, ds.manual_seed) if isinstance(fmt, ChatTemplateFormat) else None
     for split, convs, max_length in (("train", source.train, data.max_length),
                                      ("validation", source.val, data.val_max_length or data.max_length)):
         totals = EncodeStats()
+        chosen = checked_conversations(convs, ds.manual_seed) if parity else set()
         writer = ArrowWriter(path=str(directory / f"{split}.arrow"), schema=SCHEMA)
         for i in range(0, max(len(convs), 1), CHUNK):
             samples, stats = encode_all(convs[i:i + CHUNK], fmt, encoder, max_length, data.label_masking)
+            if parity:
+                parity.check(split, samples, chosen, len(convs))
             writer.write_table(_to_table(samples))
             totals += stats
         writer.finalize()
         counts.update({f"{split}_{k}": v for k, v in dataclasses.asdict(totals).items()})
+    if parity:
+        (directory / PARITY_FILE).write_text(json.dumps(parity.record(), indent=1))
     meta = {"counts": counts, "skipped": source.skipped, "key": key}
     (directory / "counts.json").write_text(json.dumps(meta, indent=1))
 
 
-def cache_key(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer, files: list[Path]) -> str:
+def cache_key(ds: DatasetConfig, data: DataConfig, fmt: ConversationFormat, tokenizer, files: list[Path]) -> str:
     h = hashlib.sha256()
     settings = {
         "version": CACHE_VERSION,
