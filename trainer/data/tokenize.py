@@ -71,6 +71,10 @@ class SegmentEncoder:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def clear(self) -> None:
+        """Forget every text: a build clears it after each chunk, so that its memory does not grow with the data."""
+        self._ids.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedSample:
@@ -112,9 +116,20 @@ def encode(conv: Conversation, fmt: PromptFormat, encoder: SegmentEncoder, max_l
 
 def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
                label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
+    """`encode_each`, keeping the samples: those with no trained token are counted in the stats, not kept."""
+    samples: list[EncodedSample] = []
+    stats = EncodeStats()
+    for sample in encode_each(convs, fmt, encoder, max_length, label_masking):
+        stats.add(sample)
+        if sample is not None:
+            samples.append(sample)
+    return samples, stats
+
+
+def encode_each(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+                label_masking: bool) -> list[EncodedSample | None]:
     """Every conversation, as `encode` would do it one by one, but vectorized: rendered once, encoded in one
-    batch, and joined in one numpy pass (samples are views into two shared arrays). Samples with no trained
-    token are counted in the stats, not kept."""
+    batch, and joined in one numpy pass (samples are views into two shared arrays)."""
     rendered = [fmt.render(conv) for conv in convs]
     encoder.prime(segment.text for segments in rendered for segment in segments)
     arrays: list[np.ndarray] = []
@@ -125,7 +140,7 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
         trained_flags += [segment.trained for segment in segments]
         segment_counts.append(len(segments))
     if not arrays:
-        return [], EncodeStats()
+        return []
     # Every format renders at least one non-empty segment per sample, so no sample is empty.
     lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
     totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
@@ -139,8 +154,7 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
     labels[starts] = IGNORE_INDEX
     trained_counts = np.add.reduceat((labels != IGNORE_INDEX).view(np.int8).astype(np.int32), starts)
 
-    samples: list[EncodedSample] = []
-    stats = EncodeStats()
+    samples: list[EncodedSample | None] = []
     for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
                                                      trained_counts.tolist()):
         if total > max_length:
@@ -150,10 +164,8 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
         else:
             sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
                                    False, 0)
-        stats.add(sample)
-        if sample is not None:
-            samples.append(sample)
-    return samples, stats
+        samples.append(sample)
+    return samples
 
 
 def fit_exchanges(turns: Sequence[Turn], measure: Callable[[Sequence[Turn]], tuple[int, T]], limit: int,
