@@ -7,8 +7,9 @@ fast tokenizer over the same texts (the floor), each arm in its own process.
 Cases: `oasst`, an OASST1-shaped tree export (161,443 messages per scale step, the real export schema: trees of
 ranked replies up to 6 deep, OASST-like text lengths) as JSONL; `messages`, chat records (`{"messages": [...]}`,
 an optional system turn and 1-3 exchanges) as one Parquet file. The floor is the tokenizer's `encode_batch`
-over every message text once, in one process (its own thread pool on, as users run it), in slices of 4096 texts
-so that the floor's own memory does not hide the build's. Each arm prints wall seconds, CPU seconds (the build
+over every message text once, in one process, in slices of 4096 texts so that the floor's own memory does not
+hide the build's: `floor` with the tokenizer's own thread pool on (as users run it; it uses every core),
+`floor1` on one thread (TOKENIZERS_PARALLELISM=false: one core's work, the bare single-process tokenizer). Each arm prints wall seconds, CPU seconds (the build
 counts its worker processes), tokens per CPU-second (the floor's tokens, every message once, for every arm),
 and peak memory of the main process and of the largest
 worker, with the load average beside them: on a shared machine wall-time speed-ups are only as good as the load.
@@ -147,7 +148,7 @@ def arm(name: str, case: str, path: Path, tokenizer_dir: Path, cache: Path, work
 
     tokenizer = load_tokenizer(str(tokenizer_dir))
     load = os.getloadavg()[0]
-    if name == "floor":
+    if name.startswith("floor"):
         backend = tokenizer.backend_tokenizer
         seconds = cpu = 0.0
         texts = tokens = 0
@@ -198,8 +199,10 @@ def arm(name: str, case: str, path: Path, tokenizer_dir: Path, cache: Path, work
 
 
 def run_arm(name: str, case: str, size: int, workers: int) -> dict:
+    # floor1: the tokenizer on one thread (TOKENIZERS_PARALLELISM=false), one core's worth of work
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"} if name == "floor1" else None
     out = subprocess.run([sys.executable, __file__, "--case", case, "--size", str(size), "--arm", name,
-                          "--workers", str(workers)], check=True, capture_output=True, text=True).stdout
+                          "--workers", str(workers)], check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -225,25 +228,27 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     _tokenizer_dir()
     sizes = [round(s * OASST1_MESSAGES) for s in args.scale] if args.case == "oasst" else [args.conversations]
-    print(f"{'case':<22}{'arm':<26}{'seconds':>9}{'CPU s':>9}{'tok/CPU-s':>11}{'x floor':>9}{'peak MiB':>10}"
-          f"{'worker MiB':>11}{'load':>6}")
+    print(f"{'case':<22}{'arm':<30}{'seconds':>9}{'CPU s':>9}{'tok/CPU-s':>11}{'x floor':>9}{'x floor1':>9}"
+          f"{'peak MiB':>10}{'worker MiB':>11}{'load':>6}")
     for size in sizes:
         path = data_path(args.case, size)
         if not path.is_file():
             (make_export if args.case == "oasst" else make_chats)(path, size)
         label = f"{args.case} {size:,}"
         floor = None if args.no_floor else run_arm("floor", args.case, size, 1)
-        rows = [("floor: encode_batch", floor)] if floor else []
+        floor1 = None if args.no_floor else run_arm("floor1", args.case, size, 1)
+        rows = [("floor: encode_batch", floor), ("floor1: encode_batch, 1 thread", floor1)] if floor else []
         for workers in args.workers:
             shutil.rmtree(WORK / f"cache-{args.case}-{size}", ignore_errors=True)
             rows.append((f"build, {workers} worker(s)", run_arm("build", args.case, size, workers)))
         rows.append(("cached rebuild", run_arm("build", args.case, size, args.workers[-1])))
         for name, r in rows:
-            ratio = f"{r['seconds'] / floor['seconds']:.2f}" if floor and r is not floor else ""
+            ratio, ratio1 = (f"{r['seconds'] / f['seconds']:.2f}" if f and not name.startswith("floor") else ""
+                             for f in (floor, floor1))
             # Per CPU-second of the same texts: the floor's token count (every message once) for every arm.
             rate = (floor or r)["tokens"] / max(r["cpu"], 1e-9)
-            print(f"{label:<22}{name:<26}{r['seconds']:>9.2f}{r['cpu']:>9.1f}{rate:>11,.0f}"
-                  f"{ratio:>9}{r['peak_mib']:>10.0f}{r.get('worker_peak_mib', 0):>11.0f}{r['load']:>6}", flush=True)
+            print(f"{label:<22}{name:<30}{r['seconds']:>9.2f}{r['cpu']:>9.1f}{rate:>11,.0f}"
+                  f"{ratio:>9}{ratio1:>9}{r['peak_mib']:>10.0f}{r.get('worker_peak_mib', 0):>11.0f}{r['load']:>6}", flush=True)
 
 
 if __name__ == "__main__":
