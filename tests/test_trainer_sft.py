@@ -33,7 +33,7 @@ def test_trainer_sft_trains_on_the_bundled_data(architecture, flags, tiny_model_
     # The console: one line per evaluation and one for the end of training, never the Trainer's raw dicts.
     assert re.search(r"^eval step 4: oasst_export \d+\.\d{3} · alpaca \d+\.\d{3} · sharegpt \d+\.\d{3} · mean "
                      r"\d+\.\d{3}$", out, re.M)
-    assert re.search(r"^trained for 1 epoch in [\d.]+ s: .* mean training loss \d+\.\d{3}$", out, re.M)
+    assert re.search(r"^trained for 1 epoch in (\d+ min )?[\d.]+ s: .* mean training loss \d+\.\d{3}$", out, re.M)
     assert "{'" not in out + err
     assert ("Training dataset sizes (before sampling):" in out) == ("--show_dataset_stats" in flags)
     if "--show_dataset_stats" in flags:  # OASST's stats: sizes with shares, then the per-epoch draws
