@@ -216,7 +216,8 @@ case("filesystem", "cache-dir-is-file", (*TRAIN, "--cache_dir", "{C}/cache"), "c
      write("cache", "x"))
 case("filesystem", "cache-dir-unwritable", (*TRAIN, "--cache_dir", "/sys/delphi-fuzz"), "cannot write into '/sys'")
 case("filesystem", "data-missing", data("alpaca", "{C}/missing.json"), "input_file_path '{C}/missing.json' not found")
-case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "not found (or not a file)", write("dir.json/x", "x"))
+case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "dir.json: the directory holds no data files",
+     write("dir.json/x", "x"))
 case("filesystem", "data-unreadable", data("alpaca", "/proc/self/mem"), "/proc/self/mem: cannot read")
 case("filesystem", "model-missing", (*TRAIN, "--model_name", "{C}/no-model"), "model_name: no directory at")
 case("filesystem", "model-no-config", (*TRAIN, "--model_name", "{C}/m"), "has no config.json",
