@@ -99,7 +99,7 @@ def remove(*names: str) -> Callable[[Path], None]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Out-of-range and mistyped numbers and choices: config.py refuses each, naming the key and where it came from
+# Out-of-range and mistyped numbers and choices: trainer.config refuses each, naming the key and where it came from
 
 NUMBERS = [
     ("learning_rate", "nan"), ("learning_rate", "inf"), ("learning_rate", "-inf"), ("learning_rate", "-1e-4"),

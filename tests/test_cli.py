@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import check_local_rank, main
-from trainer.config import GROUPS, KEY_GROUP, RETIRED_OASST_KEYS, DatasetConfig, TrainConfig, load_config
+from trainer.config import (GROUPS, KEY_GROUP, RETIRED_OASST_KEYS, TRAINER_ARGS, DatasetConfig, TrainConfig,
+                            load_config)
 from trainer.data.kinds import KINDS
 from trainer.errors import ConfigError
 from trainer.paths import CHECKOUT
@@ -173,10 +174,44 @@ def test_verbose_and_show_dataset_stats_both_print_the_stats():
 
 
 def test_every_config_key_is_read_somewhere():
-    """Nothing accepted and then ignored: each key (and dataset option) is read in the package outside its
-    declaration and --help, as an attribute or by name."""
+    """Nothing accepted and then ignored: each key (and dataset option) is passed to the Trainer as declared
+    (`trainer_arg`), or read in the package outside --help, as an attribute or by name."""
     sources = [p.read_text() for p in (CHECKOUT / "trainer").rglob("*.py") if p.name != "help.py"]
     keys = [*KEY_GROUP, *fields_of(DatasetConfig),
             *(key for kind in KINDS.values() if kind.options for key in fields_of(kind.options))]
-    unread = [key for key in keys if not any(re.search(rf"\.{key}\b|[\"']{key}[\"']", s) for s in sources)]
+    unread = [key for key in keys if key not in TRAINER_ARGS
+              and not any(re.search(rf"\.{key}\b|[\"']{key}[\"']", s) for s in sources)]
     assert unread == []
+
+
+def _another_valid_value(key: str):
+    """A value of `key` that differs from its default (and, for floats, from any round library default)."""
+    f = fields_of(GROUPS[KEY_GROUP[key]][1])[key]
+    default, choices = f.default, f.metadata["choices"]
+    if choices:
+        return next(c for c in choices if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 3
+    if isinstance(default, float):
+        return default * 0.37 if default else 0.013
+    return f"{default}-other"
+
+
+def test_every_key_named_like_a_trainer_argument_reaches_it_or_is_declared_otherwise(tmp_path):
+    """The TrainingArguments the run trains with carry every key declared `trainer_arg`; a key that shares a
+    TrainingArguments field's name without declaring it (a dropped mapping) fails here by name."""
+    from transformers import TrainingArguments
+
+    from trainer.train import training_arguments
+
+    trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    undeclared = [key for key in KEY_GROUP if key in trainer_fields
+                  and fields_of(GROUPS[KEY_GROUP[key]][1])[key].metadata["trainer_arg"] is None]
+    assert undeclared == [], "declare trainer_arg=True, or False where training_arguments sets the field otherwise"
+    values = {key: _another_valid_value(key) for key in TRAINER_ARGS} | {"output_dir": str(tmp_path / "out")}
+    config = TrainConfig.of(**values)
+    args = training_arguments(config, has_eval=True)
+    arrived = {key: getattr(args, arg) for key, arg in TRAINER_ARGS.items()}
+    assert arrived == values

@@ -4,7 +4,7 @@ A rerun resumes from the newest complete checkpoint (`trainer.checkpoints`) only
 the config stored in that checkpoint is compared with the new one on every key that changes the training (model,
 data, mode and adapters, optimiser, schedule, batch arithmetic and the number of ranks); any difference is refused
 in one line that names the keys and the ways forward. `--resume_with_changes` continues with new values of the
-keys where that is meaningful (`CHANGEABLE`): the schedule is then the one the new values plan (more epochs
+keys where that is meaningful (declared `resume=CHANGEABLE`): the schedule is then the one the new values plan (more epochs
 stretch the decay; a new learning rate scales it from the resumed step on), as if they had been set from the start.
 `--overwrite_output_dir` starts over after moving the earlier run aside. A finished run rerun unchanged has nothing
 to train: that is said, and its final model is left alone.
@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 
 from trainer.checkpoints import (MARKER, STAGING, Checkpoint, finished_step, marker_problem, newest_complete,
                                  read_marker, tidy, unmark_final)
-from trainer.config import (KEY_GROUP, RESOLVED_CONFIG, RESUME_LAST, OutputConfig, TrainConfig, load_config,
+from trainer import schema
+from trainer.config import (RESOLVED_CONFIG, RESUME_LAST, RESUME_POLICY, OutputConfig, TrainConfig, load_config,
                             write_resolved)
 from trainer.data.sources import resolve_input_path
 from trainer.errors import ConfigError, DataError, RunError, first_line
@@ -32,13 +33,8 @@ from trainer.files import check_safetensors, check_writable_dir, refused_pickles
 from trainer.paths import bundled
 from trainer.run_log import RunLog
 
-# Keys of the training groups that do not change what is trained: they may differ on resume.
-FREE_KEYS = frozenset({
-    "cache_dir", "val_max_length", "per_device_eval_batch_size", "eval_steps", "save_steps", "use_flash_attention",
-    "gradient_checkpointing", "trust_remote_code", "mpt", "divergence_spike_factor", "divergence_window",
-    "divergence_patience"})
-FREE_GROUPS = ("logging", "outputs")
-CHANGEABLE = ("num_train_epochs", "learning_rate", "max_grad_norm")  # with --resume_with_changes
+# Which keys may differ on resume is declared with each key (`option(resume=...)`, trainer.config.groups).
+CHANGEABLE = tuple(key for key, policy in RESUME_POLICY.items() if policy == schema.CHANGEABLE)
 RANKS = "ranks (WORLD_SIZE)"
 TRAINER_STATE = "trainer_state.json"
 
@@ -63,8 +59,7 @@ class RunStart:
 def training_differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """The keys that change the training, with their old and new values."""
     a, b = old.flat(), new.flat()
-    return {key: (a[key], b[key]) for key in a
-            if a[key] != b[key] and key not in FREE_KEYS and KEY_GROUP.get(key) not in FREE_GROUPS}
+    return {key: (a[key], b[key]) for key in a if a[key] != b[key] and RESUME_POLICY[key] != schema.FREE}
 
 
 def stored_config(directory: Path) -> TrainConfig | None:

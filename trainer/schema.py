@@ -14,12 +14,26 @@ from typing import Any, Callable, Collection, Iterable, Sequence
 from trainer.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: Collection[str] | None = None, flag: str | None = None) -> Any:
-    """A dataclass field with its help line (and choices) kept beside the default. `choices` may be a registry
-    (a dict): it is read when a value is checked, so a member registered later is a valid choice. `flag` is what a
-    bare `--key` (and a YAML `true`) means for an optional string key, as OASST's `--resume_from_checkpoint` switch
-    means "the newest checkpoint"; bool keys always read a bare flag as true."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+# What a resume may do with a key whose value differs from the stored run's (`option(resume=...)`).
+FIXED = "fixed"  # refused: it would continue a different training
+FREE = "free"  # allowed: it does not change what is trained
+CHANGEABLE = "changeable"  # allowed with --resume_with_changes: the schedule continues as planned with the new value
+
+
+def option(default: Any, help: str, *, choices: Collection[str] | None = None, flag: str | None = None,
+           trainer_arg: bool | str | None = None, resume: str | None = None, invocation: bool = False) -> Any:
+    """A dataclass field with everything about the key kept beside its default.
+
+    `choices` may be a registry (a dict): it is read when a value is checked, so a member registered later is a
+    valid choice. `flag` is what a bare `--key` (and a YAML `true`) means for an optional string key, as OASST's
+    `--resume_from_checkpoint` switch means "the newest checkpoint"; bool keys always read a bare flag as true.
+    `trainer_arg`: passed to `transformers.TrainingArguments` as is, under the key's name (True) or another
+    (a string); False: the `TrainingArguments` field of the same name is deliberately set otherwise. `resume`:
+    FIXED, FREE or CHANGEABLE (None: the group's `resume_default`). `invocation`: how this command treats
+    output_dir, not how the run trains (never written into resolved_config.yaml)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "flag": flag, "trainer_arg": trainer_arg, "resume": resume,
+        "invocation": invocation})
 
 
 class FieldProblems(ConfigError):

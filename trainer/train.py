@@ -32,41 +32,23 @@ Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-10
 
 def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused"
                        ) -> TrainingArguments:
-    """The config in the Trainer's terms. DeepSpeed's "auto" values are filled from these by transformers.
-
-    Activation checkpointing is not set here: `trainer.models.load_model` enables it (QLoRA's way for QLoRA)."""
+    """The config in the Trainer's terms: the keys declared with a `trainer_arg` as they are, and what Delphi
+    decides from the others. DeepSpeed's "auto" values are filled from these by transformers."""
     cuda = torch.cuda.is_available()
-    optim, schedule, out = config.optim, config.schedule, config.outputs
     deepspeed = None
-    if optim.deepspeed:
-        deepspeed = Path(bundled(optim.deepspeed_config))
+    if config.optim.deepspeed:
+        deepspeed = Path(bundled(config.optim.deepspeed_config))
         if not deepspeed.is_file():
             raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
     return TrainingArguments(
-        output_dir=out.output_dir,
-        num_train_epochs=schedule.num_train_epochs,
-        per_device_train_batch_size=optim.per_device_train_batch_size,
-        per_device_eval_batch_size=optim.per_device_eval_batch_size,
-        gradient_accumulation_steps=optim.gradient_accumulation_steps,
-        learning_rate=optim.learning_rate,
-        adam_beta1=optim.adam_beta1,
-        adam_beta2=optim.adam_beta2,
-        adam_epsilon=optim.adam_epsilon,
-        weight_decay=optim.weight_decay,
-        warmup_steps=schedule.warmup_steps,
-        lr_scheduler_type=schedule.lr_scheduler_type,
-        max_grad_norm=optim.max_grad_norm,
+        **config.trainer_args(),
         optim=optim_name,  # replaced by the JSON's optimizer under DeepSpeed
-        seed=optim.rng_seed,
         deepspeed=str(deepspeed) if deepspeed else None,
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
         fp16=cuda and config.model.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
         bf16=cuda and config.model.dtype == "bf16",
-        logging_steps=config.logging.logging_steps,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=schedule.eval_steps,
         save_strategy="steps",
-        save_steps=schedule.save_steps,
         save_total_limit=None,  # Delphi rotates, complete checkpoints only (trainer.checkpoints)
         logging_nan_inf_filter=False,  # a diverged loss is logged as it is (trainer.divergence); no per-step read
         report_to="none",  # RunLog writes metrics.jsonl and wandb itself
@@ -74,7 +56,6 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         prediction_loss_only=True,  # evaluation keeps no logits
         average_tokens_across_devices=True,
         accelerator_config={"non_blocking": cuda},  # pinned batches are copied while the GPU works
-        torch_compile=config.model.compile,
     )
 
 
