@@ -23,9 +23,11 @@ class Case:
     category: str
     name: str
     argv: tuple[str, ...]
-    expect: str  # a piece of the error line
+    expect: str  # a piece of the error line (of the output, for a case that succeeds)
     setup: Setup | None = None
     env: dict[str, str] = field(default_factory=dict)
+    succeeds: bool = False  # accepted by design: exit 0, at most warnings
+    code: int = 2
 
     @property
     def id(self) -> str:
@@ -38,6 +40,11 @@ CASES: list[Case] = []
 
 def case(category: str, name: str, argv, expect: str, setup: Setup | None = None, **env: str) -> None:
     CASES.append(Case(category, name, tuple(argv), expect, setup, env))
+
+
+def accepted(category: str, name: str, argv, expect: str, setup: Setup | None = None) -> None:
+    """An input Delphi accepts by design, saying `expect` (on stdout or as a warning)."""
+    CASES.append(Case(category, name, tuple(argv), expect, setup, succeeds=True))
 
 
 def write(relative: str, content: str | bytes) -> Setup:
@@ -512,3 +519,83 @@ case("export", "adapter-base-is-adapter", ("export", "{W}/lora", "{C}/out", "--b
      "is itself a peft adapter")
 case("export", "chat-final-save-cut", ("chat", "--model", "{C}/run"), "did not finish saving its final model",
      copy_of("run", "run", remove("tokenizer.json", "tokenizer_config.json")))
+
+# ----------------------------------------------------------------------------------------------------------
+# Issue 18: inputs that gave tracebacks, hangs or silence, and the inputs accepted by design
+
+case("data", "datasets-null", (*TRAIN, "--datasets", "null"), "the config names no datasets")
+case("data", "datasets-empty", (*TRAIN, "--datasets", "[]"), "the config names no datasets")
+case("data", "max-length-drops-every-sample", (*TRAIN, "--max_length", "4"),
+     "no training sample of dataset 'alpaca' fits max_length 4")
+case("data", "data-symlink-loop", data("alpaca", "{C}/loop.json"), "is a symbolic link that loops back on itself",
+     lambda c, w: (c / "loop.json").symlink_to(c / "loop.json"))
+case("data", "data-symlink-dangling", data("alpaca", "{C}/gone.json"), "is a symbolic link that points to nothing",
+     lambda c, w: (c / "gone.json").symlink_to(c / "nothing.json"))
+case("data", "hub-name-path", (*TRAIN, "--datasets", json.dumps([{"alpaca": {"hub_name": "../some/dir"}}])),
+     "hub_name '../some/dir' is a path, not a hub dataset")
+accepted("data", "alpaca-input-null", data("alpaca"), "training finished",
+         write("d.jsonl", lines(*[{"instruction": f"Say {i}.", "input": None, "output": f"{i}!"} for i in range(8)])))
+
+
+def long_thread(turns: int, tree_id: str) -> str:
+    """One OASST tree (a JSON line) whose single thread has `turns` messages, nested two JSON levels per turn;
+    written as text, since json.dumps itself stops at Python's recursion limit."""
+    opened = "".join(json.dumps(node(f"{tree_id}-{i}", "prompter" if i % 2 == 0 else "assistant",
+                                     text=f"turn {i}"))[:-len(', "replies": []}')] + ', "replies": ['
+                     for i in range(turns))
+    head = json.dumps(tree(node("x", "prompter"), tree_id))[:-len(json.dumps(node("x", "prompter"))) - 1]
+    return head + opened[:-len(', "replies": [')] + ', "replies": []' + "}]" * (turns - 1) + "}}"
+
+
+accepted("data", "oasst-600-turn-thread", (*data("oasst_export", val_split=0.0), "--max_length", "64"),
+         "training finished", write("d.jsonl", lines(long_thread(600, "t1"), long_thread(8, "t2"))))
+case("filesystem", "output-dir-empty", (*TRAIN[:-1], ""), "output_dir: empty")
+case("filesystem", "output-dir-dangling-symlink", (*TRAIN[:-1], "{C}/link"), "is a symbolic link to '{C}/gone'",
+     lambda c, w: (c / "link").symlink_to(c / "gone"))
+case("filesystem", "staging-symlink", TRAIN, ".staging is a symbolic link",
+     lambda c, w: ((c / "out").mkdir(), (c / "elsewhere").mkdir(), (c / "out" / ".staging").symlink_to(c / "elsewhere")))
+case("filesystem", "checkpoint-symlink", TRAIN, "checkpoint-2 is a symbolic link",
+     lambda c, w: ((c / "out").mkdir(), (c / "out" / "checkpoint-2").symlink_to(w / "run" / "checkpoint-2")))
+case("filesystem", "output-dir-locked-elsewhere", TRAIN, "is in use by another training run (pid 4242 on host node-9",
+     write("out/.delphi.lock", json.dumps({"pid": 4242, "host": "node-9", "started": "then", "process_start": "1"})))
+case("filesystem", "deepspeed-json-broken", (*TRAIN, "--deepspeed", "--deepspeed_config", "{C}/ds.json"),
+     "{C}/ds.json:2: not a readable DeepSpeed JSON", write("ds.json", '{"zero_optimization":\n  {"stage": 2,}}'))
+case("filesystem", "max-length-beyond-positions", (*TRAIN, "--max_length", "1000000"),
+     "max_length 1,000,000 is longer than model_name")
+accepted("resume", "warmup-longer-than-the-run", (*TRAIN, "--warmup_steps", "500"),
+         "warning: warmup_steps 500 is not shorter than the run (2 steps)")
+accepted("resume", "finished-run-bare-resume", (*RUN, "--resume_from_checkpoint"),
+         "holds a finished run (step 2) with this config: nothing to train")
+case("export", "ipu-sequence-length-0", ("export", "{W}/run", "{C}/out", "--target", "ipu", "--sequence_length", "0"),
+     "--sequence_length: 0; expected a length of at least 1")
+
+SWEEP_BASE = "name: s\nconfigs: [base]\nconfig_files: ['{W}/base.yaml']\noutput_dir: '{C}/sweep'\n"
+for name, text, expect in [
+    ("grid-count", "parameters:\n  learning_rate: [1e-3, 1e-4]\ncount: 3\n", "'count' applies to random sweeps"),
+    ("parameter-twice", "parameters:\n  learning_rate: [1e-3]\n  learning_rate: [1e-4]\n",
+     "s.yaml:7: 'parameters.learning_rate' given twice (first at line 6)"),
+    ("parameter-fixed-and-varied", "fixed:\n  learning_rate: 1e-3\nparameters:\n  learning_rate: [1e-4]\n",
+     "'learning_rate' is both varied (parameters) and fixed (line 6)"),
+    ("run-name-dotdot", "parameters:\n  learning_rate: [1e-3]\nrun_name: '..'\n", "names trial 0 '..', which is not"),
+    ("run-name-dot", "parameters:\n  learning_rate: [1e-3]\nrun_name: '.'\n", "names trial 0 '.', which is not"),
+]:
+    case("sweep", name, ("sweep", "run", "{C}/s.yaml"), expect, write("s.yaml", SWEEP_BASE + text))
+case("export", "ipu-adapter-base-moved", ("export", "{W}/lora-moved", "{C}/out", "--target", "ipu"),
+     "is not there (moved or deleted?); pass its directory with --base_model")
+case("filesystem", "data-name-too-long", data("alpaca", "{C}/" + "d" * 300 + ".json"),
+     "cannot read {C}/" + "d" * 300 + ".json: File name too long")
+
+for name, text in [("alias-merges-itself", "exp: &e\n  max_length: 64\n  <<: *e\n"),
+                   ("alias-lists-itself", "exp: &e\n  max_length: 64\n  datasets: [*e]\n"),
+                   ("alias-nested-cycle", "exp:\n  datasets:\n    - alpaca: &o\n        size: 4\n        more: [*o]\n")]:
+    case("yaml", name, ("train", "--config_file", "{C}/my.yaml", "--configs", "exp", "--output_dir", "{C}/out"),
+         "contains itself through a YAML alias", write("my.yaml", text))
+accepted("cli", "flag-twice", (*TRAIN, "--learning_rate", "1e-3", "--learning_rate", "1e-2"),
+         "warning: command line: 'learning_rate' given twice (--learning_rate 1e-3, then --learning_rate 1e-2); the "
+         "last is used")
+accepted("cli", "flag-and-negation", (*TRAIN, "--packing", "--no-packing"),
+         "'packing' given twice (--packing, then --no-packing); the last is used")
+case("numbers", "per_device_train_batch_size-huge", (*TRAIN, "--per_device_train_batch_size", "10000000000000000000"),
+     "'per_device_train_batch_size' must be at most 1,048,576")
+case("filesystem", "output-dir-unset-variable", (*TRAIN[:-1], "runs/$DELPHI_FUZZ_UNSET/out"),
+     "$DELPHI_FUZZ_UNSET is not set in the environment")

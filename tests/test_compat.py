@@ -273,7 +273,28 @@ def test_a_resumed_lambda_schedule_keeps_the_checkpoints_peak_learning_rate():
 
 
 def test_deepspeed_unpickles_its_checkpoint_files_with_arbitrary_code():
-    """Why a DeepSpeed checkpoint is loaded only with Delphi's completion marker (or when the user names it)."""
+    """Why a DeepSpeed checkpoint is loaded only with Delphi's completion marker (or when the user names it), and
+    through `deepspeed_loads_weights_only`, which replaces this very method while a run resumes."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     assert "weights_only=False" in inspect.getsource(TorchCheckpointEngine.load)
+
+
+def test_the_deepspeed_classes_allowed_in_a_weights_only_load_are_where_the_allowlist_names_them():
+    """Each allowlisted class still exists under its name (a rename would make every ZeRO resume refused)."""
+    import importlib
+
+    from trainer.compat import DEEPSPEED_STATE_CLASSES
+
+    for name in DEEPSPEED_STATE_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), attribute), type), name
+
+
+def test_an_epoch_checks_the_step_limit_only_after_a_step():
+    """Why TrainerSeams._run_epoch skips an epoch once global_step reached max_steps: upstream trains a step before it
+    first asks whether to stop, so a run resumed at its last step (fractional epochs) would train one more."""
+    from transformers import Trainer
+
+    source = inspect.getsource(Trainer._run_epoch)
+    assert source.index("self.training_step(") < source.index("should_training_stop")

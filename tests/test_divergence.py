@@ -32,7 +32,7 @@ def test_the_first_non_finite_step_is_kept_on_the_device_and_read_once():
     assert g.verdict() is None
     g.observe_step(2, torch.tensor(float("nan")), torch.tensor(float("inf")), skipped=False)
     g.observe_step(3, torch.tensor(float("inf")), torch.tensor(1.0), skipped=False)
-    assert g.verdict() == "the loss is nan and the gradient norm is inf at step 2"
+    assert g.verdict() == ("the loss is nan and the gradient norm is inf at step 2", 2)
 
 
 def test_a_step_the_loss_scaler_skipped_is_not_divergence_but_its_loss_still_counts():
@@ -43,10 +43,10 @@ def test_a_step_the_loss_scaler_skipped_is_not_divergence_but_its_loss_still_cou
     assert g.verdict(weights_finite=True) is None
     overflowed = guard()
     overflowed.observe_step(7, torch.tensor(3.0), float("inf"), skipped=False)
-    assert overflowed.verdict() == "the gradient norm is inf at step 7"
+    assert overflowed.verdict() == ("the gradient norm is inf at step 7", 7)
     g.observe_step(6, torch.tensor(float("nan")), torch.tensor(float("nan")), skipped=True)
-    assert g.verdict() == "the loss is nan at step 6"
-    assert guard().verdict(weights_finite=False) == "the weights hold nan or inf"
+    assert g.verdict() == ("the loss is nan at step 6", 6)
+    assert guard().verdict(weights_finite=False, step=9) == ("the weights hold nan or inf", 9)
 
 
 @pytest.mark.parametrize("losses, stops", [
@@ -61,11 +61,25 @@ def test_the_spike_rule(losses, stops):
         g.observe_log(step, loss)
     assert (g.verdict() is not None) == stops
     if stops:
-        assert g.verdict().startswith("the loss jumped to 60 at step 5 and stayed above 5 x its running median")
+        what, first_bad = g.verdict()
+        assert what.startswith("the loss jumped to 60 at step 5 and stayed above 5 x its running median")
+        assert first_bad == 5  # step 4 was the last logged below the line
     off = guard(spike_factor=0.0)
     for step, loss in enumerate(losses, 1):
         off.observe_log(step, loss)
     assert off.verdict() is None
+
+
+def test_a_gradient_norm_that_blows_up_under_a_flat_loss_stops_the_run_and_dates_the_damage():
+    """The issue's LoRA run at learning rate 1e3: the norm reached 3.2e9 at step 4 while the loss stayed flat; a
+    checkpoint of step 4 or later is not good, logged every 2 steps: the last calm log was step 2."""
+    g = guard()
+    for step, norm in [(2, 0.8), (4, 3.2e9), (6, 4e9), (8, 5e9)]:
+        g.observe_log(step, 2.3, norm)
+    what, first_bad = g.verdict()
+    assert what.startswith("the gradient norm jumped to 3.2e+09 at step 4") and first_bad == 3
+    g.observe_step(9, torch.tensor(float("nan")), torch.tensor(1.0), skipped=False)
+    assert g.verdict() == ("the loss is nan at step 9", 3)  # the non-finite cause is named, the damage dated earlier
 
 
 @pytest.fixture
@@ -99,7 +113,12 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after_it(learning
     step = stopped_step(lines[0])
     kept = complete_checkpoints(out)
     assert kept and all(c.step < step for c in kept)
-    assert f"last good checkpoint: {kept[-1].path}" in lines[0]
+    bad = int(re.search(r"at step (\d+)", lines[0]).group(1))  # logged every step: the first that went bad
+    good = [c for c in kept if c.step < bad]
+    if good:
+        assert f"last good checkpoint: {good[-1].path}" in lines[0]
+    else:  # those kept were saved after it: none is named as good
+        assert f"no checkpoint from before step {bad} is kept" in lines[0]
     assert not (out / MARKER).exists() and not (out / "model.safetensors").exists()
     rows = {r["step"]: r for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
     assert max(rows) == step  # logged up to the stop, then nothing
@@ -141,4 +160,4 @@ def test_a_nan_weight_is_never_saved(save_steps, said, tokenizer, tiny_model_dir
     if save_steps == 10:
         rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
         assert [r["step"] for r in rows] == [1, 2, 3, 4] and math.isnan(rows[-1]["loss"])
-        assert "no checkpoint was saved before it" in str(stop.value)
+        assert "no checkpoint from before step 4 is kept" in str(stop.value)

@@ -1,6 +1,8 @@
 """Every bad input is one clean line: each case of fuzz_cases.CASES goes through `delphi` in this process and must
 exit with code 2, print exactly one line on stderr (`error: ...`, naming what the case expects) and no traceback,
-end within a time limit (a hang fails), and leave every file that existed before it exactly as it was.
+end within a time limit (a hang fails), and leave every file that existed before it exactly as it was. The cases
+marked `succeeds` are inputs Delphi accepts by design (an Alpaca `"input": null`, a 600-turn OASST thread, a warmup
+longer than the run): exit 0, no traceback, no `error:` line, and the words the case expects said.
 
 Library progress bars and notices are turned off for these runs (they are not errors), so that stderr holds what
 Delphi itself reports. The kill -9 cases need processes of their own: tests/test_checkpoints.py.
@@ -167,15 +169,20 @@ def test_bad_input_is_one_clean_line(case: Case, world: Path, tmp_path: Path, mo
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
     before = file_hashes(world, here)
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     with quiet_libraries(monkeypatch), time_limit(TIME_LIMIT_S), contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(out):
         code = delphi([fill(arg, world, here) for arg in case.argv])
     text = err.getvalue()
     assert "Traceback" not in text, text
-    assert code == 2, text
-    assert text.endswith("\n") and text.count("\n") == 1 and text.startswith("error: "), repr(text)
-    assert fill(case.expect, world, here) in text, text
+    if case.succeeds:  # the documented success: exit 0, no error line (the progress bar may draw), words said
+        assert code == 0, text
+        assert "error:" not in text, text
+        assert fill(case.expect, world, here) in text + out.getvalue(), text + out.getvalue()
+    else:
+        assert code == case.code, text
+        assert text.endswith("\n") and text.count("\n") == 1 and text.startswith("error: "), repr(text)
+        assert fill(case.expect, world, here) in text, text
     after = file_hashes(world, here)
     assert {p: h for p, h in after.items() if p in before} == before, "a file that was there before changed"
     assert not (world / "payload-ran").exists()

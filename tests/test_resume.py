@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,37 @@ def test_two_identical_lora_runs_are_bit_identical(cli, tmp_path):
     trained = [k for k in adapters[0] if "lora_B" in k]
     assert trained and all(adapters[0][k].abs().sum() > 0 for k in trained)  # B moved off its zero start
     assert [c.step for c in complete_checkpoints(tmp_path / "a")] == [3]
+
+
+def summary_tokens(stdout: str) -> int:
+    return int(re.search(r"trained tokens\s+([\d,]+) \(", stdout).group(1).replace(",", ""))
+
+
+def test_a_finished_run_with_a_bare_resume_flag_trains_nothing_and_the_summary_counts_the_whole_run(cli, capsys):
+    """Half an epoch (6 of 12 steps), a checkpoint every 3. Rerun with the bare --resume_from_checkpoint: finished,
+    nothing written. With the final save lost (its marker gone) the rerun resumes from checkpoint-6, the plan's
+    last step, trains no step past it and saves the same final weights; resumed from checkpoint-3, it trains 4-6.
+    Every closing summary counts the whole run's trained tokens."""
+    out, train = cli
+    plan = ("--num_train_epochs", "0.5", "--per_device_train_batch_size", "2")
+    assert train(*plan) == 0
+    whole = summary_tokens(capsys.readouterr().out)
+    before = tree_hashes(out)
+    assert train(*plan, "--resume_from_checkpoint") == 0
+    assert f"{out} holds a finished run (step 6) with this config: nothing to train" in capsys.readouterr().out
+    assert tree_hashes(out) == before
+
+    (out / MARKER).unlink()
+    assert train(*plan, "--resume_from_checkpoint") == 0
+    said = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-6'}" in said and summary_tokens(said) == whole
+    assert [c.step for c in complete_checkpoints(out)] == [3, 6]
+    assert {k: v for k, v in tree_hashes(out).items() if k.endswith(".safetensors")} == \
+        {k: v for k, v in before.items() if k.endswith(".safetensors")}
+
+    shutil.rmtree(out / "checkpoint-6")
+    (out / MARKER).unlink()
+    assert train(*plan) == 0
+    said = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-3'}" in said and summary_tokens(said) == whole
+    assert sorted(logged(out, "loss")) == [1, 2, 3, 4, 5, 6]

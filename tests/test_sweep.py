@@ -212,13 +212,14 @@ def test_dry_run_lists_trials_and_overrides(tiny_model_dir, tmp_path, capsys):
                 "mode": {"distribution": "choice", "values": ["lora", "qlora"]}}),
 ])
 def test_the_wandb_sweep_config_passes_wandbs_validation_and_its_agent_args_reach_the_trainer(
-        tiny_model_dir, tmp_path, method, parameters):
+        tiny_model_dir, tmp_path, method, parameters, monkeypatch):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     sweeps = pytest.importorskip("sweeps", reason="wandb's sweep-config validator is the `sweeps` package "
                                                   "(wandb[sweeps]; in the project's test extra)")
-    path = write_sweep(tmp_path, tiny_model_dir("gpt_neox"), "wb", method=method, count=3, parameters=parameters,
-                       metric={"name": "eval_alpaca_loss", "goal": "minimize"})
+    path = write_sweep(tmp_path, tiny_model_dir("gpt_neox"), "wb", method=method, parameters=parameters,
+                       metric={"name": "eval_alpaca_loss", "goal": "minimize"},
+                       **({"count": 3} if method == "random" else {}))  # a grid runs every combination
     config = wandb_config(load_sweep(path))
     assert sweeps.schema_violations_from_proposed_config(config) == []
     assert config["program"] == "trainer_sft.py" and config["method"] == method
@@ -230,8 +231,9 @@ def test_the_wandb_sweep_config_passes_wandbs_validation_and_its_agent_args_reac
                   "log_wandb": {"value": True}}
     argv = config["command"][3:-1] + create_sweep_command_args({"args": suggestion})["args"]
     assert "--learning_rate=0.0001" in argv and "--log_wandb=True" in argv
+    monkeypatch.setenv("WANDB_RUN_ID", "r1")  # the agent sets it for each run
     trained = resolve(split_argv(argv)).flat()
     assert [trained[k] for k in ("learning_rate", "mode", "report_to", "log_wandb")] == [1e-4, "lora", "wandb", True]
-    assert trained["wandb_group"] == "wb" and trained["output_dir"] == f"{tmp_path / 'wb'}/$WANDB_RUN_ID"
+    assert trained["wandb_group"] == "wb" and trained["output_dir"] == f"{tmp_path / 'wb'}/r1"
     assert resolve(split_argv(["--configs", "sweep-base", "--config_file", str(tmp_path / "sections.yaml"),
                                "--learning_rate=1e-4"])).optim.learning_rate == 1e-4

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train_samples import collator, distributed_sampler, qa_samples
+from trainer.checkpoints import marker_problem, write_marker
 from trainer.config import TrainConfig
 from trainer.train import train
 
@@ -196,14 +197,15 @@ def zero2(tiny_model_dir, tmp_path_factory):
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
     done: dict[str, str] = {}
 
-    def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2) -> str:
+    def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2, fails: bool = False) -> str:
+        """The run's stdout (its stderr where it `fails`, as expected)."""
         if out not in done:
             proc = subprocess.run(
                 [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                  "29561", str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path),
                  out, str(accumulation), str(save_steps)], env=env, capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-            done[out] = proc.stdout
+            assert (proc.returncode != 0) == fails, proc.stdout[-3000:] + proc.stderr[-5000:]
+            done[out] = proc.stderr if fails else proc.stdout
         return done[out]
 
     return tmp_path, torchrun
@@ -242,8 +244,27 @@ def test_zero2_on_two_processes_partitions_optimizer_state_counts_steps_and_resu
     assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "loss" in r] == [5, 6]
     a = load_file(tmp_path / "out" / "model.safetensors")
     b = load_file(resumed / "model.safetensors")
-    for name in a:  # within fp32 round-off; measured bit-identical on this machine
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    for name in a:  # bit-identical: two uninterrupted ZeRO-2 runs on CPU ranks agree bit for bit, and so does a resume
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_a_zero2_checkpoint_with_a_forged_completion_marker_cannot_run_code_on_resume(zero2):
+    """A copied-in checkpoint whose optimizer state is a code-running pickle, with a completion marker written to
+    match its files (names and sizes, all a marker holds): DeepSpeed's states load with `weights_only=True` and an
+    allowlist of its own classes, so the pickle is refused in one line and never runs."""
+    tmp_path, torchrun = zero2
+    torchrun("out")
+    forged = tmp_path / "forged" / "checkpoint-4"
+    shutil.copytree(tmp_path / "out" / "checkpoint-4", forged)
+    sentinel = tmp_path / "forged-payload-ran"
+    torch.save(Payload(sentinel), forged / "global_step4" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    write_marker(forged, "checkpoint", 4, 2)
+    assert marker_problem(forged) is None  # as complete as a real save, to every check a marker allows
+    stderr = torchrun("forged", fails=True)
+    assert not sentinel.exists()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors and all(f"resume_from_checkpoint '{forged}': refused to load a pickle" in line for line in errors)
 
 
 @pytest.mark.slow

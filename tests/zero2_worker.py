@@ -1,6 +1,7 @@
 """One rank of the ZeRO-2 tests (`torchrun --nproc_per_node N zero2_worker.py MODEL_DIR TMP OUT ACCUMULATION
-SAVE_STEPS`): 6 optimizer steps into TMP/OUT, a checkpoint every SAVE_STEPS; what each rank holds goes to
-TMP/OUT-rank{r}.json and rank 0's parameters after step 3 to TMP/OUT-step3.pt.
+SAVE_STEPS [SIGNAL_AT]`): 6 optimizer steps into TMP/OUT, a checkpoint every SAVE_STEPS; what each rank holds goes to
+TMP/OUT-rank{r}.json and rank 0's parameters after step 3 to TMP/OUT-step3.pt. With SIGNAL_AT, rank 0 alone sends
+itself SIGTERM at the end of that step (a preemption that reaches one rank first).
 
 N ranks x batch 1 x ACCUMULATION is the optimizer step's batch, so 2 ranks x 2 and 1 rank x 4 train on the same
 samples per step (DistributedSampler deals one permutation round-robin) and must end at the same weights.
@@ -10,6 +11,7 @@ Test-only: DeepSpeed's shared-memory comm op would be JIT-compiled (~40 s); pure
 import importlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
 
 from train_samples import collator, distributed_sampler, qa_samples  # noqa: E402
+from trainer.cli import guarded  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.tokens import load_tokenizer  # noqa: E402
 from trainer.train import train  # noqa: E402
@@ -52,7 +55,16 @@ class Record(TrainerCallback):
         }))
 
 
-def main(model_dir: str, tmp: str, out: str, accumulation: str, save_steps: str) -> None:
+class SignalRank0(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and state.is_world_process_zero:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(model_dir: str, tmp: str, out: str, accumulation: str, save_steps: str, signal_at: str = "") -> None:
     tmp_path = Path(tmp)
     tokenizer = load_tokenizer(model_dir)
     config = TrainConfig.of(model_name=model_dir, dtype="fp32", output_dir=str(tmp_path / out), deepspeed=True,
@@ -65,8 +77,9 @@ def main(model_dir: str, tmp: str, out: str, accumulation: str, save_steps: str)
     rank = int(os.environ["RANK"])
     train(config, model, tokenizer, {"toy": samples}, {"toy": samples[:4]}, collator(tokenizer),
           distributed_sampler(config.optim.rng_seed),
-          callbacks=[Record(tmp_path / f"{out}-rank{rank}.json", tmp_path / f"{out}-step3.pt")])
+          callbacks=[Record(tmp_path / f"{out}-rank{rank}.json", tmp_path / f"{out}-step3.pt"),
+                     *([SignalRank0(int(signal_at))] if signal_at else [])])
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    sys.exit(guarded(lambda argv: main(*argv) or 0, sys.argv[1:]))

@@ -66,13 +66,17 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def write_marker(directory: Path, kind: str, step: int, world_size: int, files: dict[str, int] | None = None) -> None:
+def write_marker(directory: Path, kind: str, step: int, world_size: int, files: dict[str, int] | None = None,
+                 tokens: dict[str, float] | None = None) -> None:
     """Marks `directory` complete: its files are flushed to disk first, then the marker is written beside them
-    under a temporary name and renamed, so that it is itself either whole or absent."""
+    under a temporary name and renamed, so that it is itself either whole or absent. `tokens`: the run's token
+    counts up to this save, which a resume continues from."""
     files = listing(directory) if files is None else files
     for name in files:
         _fsync(directory / name)
     record = {"format": 1, "kind": kind, "step": step, "world_size": world_size, "files": files}
+    if tokens is not None:
+        record["tokens"] = tokens
     tmp = directory / f".{MARKER}.tmp"
     with tmp.open("w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
@@ -181,14 +185,27 @@ def tidy(output_dir: Path, say: Say = print, keep: Path | None = None) -> None:
             set_aside(path, output_dir, problem, say)
 
 
+def check_not_linked(output_dir: Path) -> None:
+    """Refuses an output_dir where a name Delphi saves, renames or deletes under is a symbolic link: rotation would
+    delete through it (or fail on it) and a save would land wherever it points."""
+    if not output_dir.is_dir():
+        return
+    for path in sorted(output_dir.iterdir()):
+        if path.is_symlink() and (path.name in (STAGING, ROTATING, SET_ASIDE) or checkpoint_step(path) is not None):
+            raise ConfigError(f"output_dir '{output_dir}': {path.name} is a symbolic link (to '{os.readlink(path)}'); "
+                              f"Delphi saves, rotates and deletes there, so it must be a real directory: remove the "
+                              f"link (to resume from a checkpoint elsewhere, name it with --resume_from_checkpoint)")
+
+
 def staging_dir(output_dir: Path) -> Path:
     return output_dir / STAGING
 
 
-def publish(staged: Path, output_dir: Path, step: int, world_size: int, say: Say = print) -> Path:
+def publish(staged: Path, output_dir: Path, step: int, world_size: int, say: Say = print,
+            tokens: dict[str, float] | None = None) -> Path:
     """Marks the staged checkpoint complete and renames it into `output_dir`; an older directory of the same
     name (a resume from an earlier checkpoint saves the same steps again) is set aside first."""
-    write_marker(staged, "checkpoint", step, world_size)
+    write_marker(staged, "checkpoint", step, world_size, tokens=tokens)
     target = output_dir / staged.name
     if target.exists():
         set_aside(target, output_dir, "replaced by a new save of the same step", say)
@@ -196,6 +213,13 @@ def publish(staged: Path, output_dir: Path, step: int, world_size: int, say: Say
     _fsync(output_dir, directory=True)
     _remove_if_empty(staged.parent)
     return target
+
+
+def tokens_at(checkpoint: Path) -> list[float]:
+    """The run's trained, real and processed token counts when `checkpoint` was saved (0 where its marker, from
+    an older Delphi, has none)."""
+    tokens = (read_marker(checkpoint) or {}).get("tokens") or {}
+    return [float(tokens.get(key, 0)) for key in ("trained", "real", "processed")]
 
 
 def rotate(output_dir: Path, keep: int) -> list[Path]:
@@ -222,6 +246,12 @@ def publish_final(staged: Path, output_dir: Path, step: int, world_size: int) ->
         os.replace(staged / name, output_dir / name)
     write_marker(output_dir, FINAL, step, world_size, files)
     shutil.rmtree(staged)
+    _remove_if_empty(staged.parent)
+
+
+def discard(staged: Path) -> None:
+    """Removes a save that could not be finished (a full disk), and `.staging` with it once empty."""
+    shutil.rmtree(staged, ignore_errors=True)
     _remove_if_empty(staged.parent)
 
 

@@ -167,11 +167,25 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def guarded(command: Callable[[list[str]], int], argv: list[str]) -> int:
-    """The one error wrapper: bad input is one line on stderr and exit code 2, never a traceback."""
+    """The one error wrapper: bad input is one line on stderr and exit code 2, never a traceback; a run stopped by
+    a signal exits with the shell's code for it (130 for Ctrl-C); a disk that fills up anywhere is one line too."""
+    from trainer.disk_space import free_bytes, is_disk_full, size_text
+
     try:
         return command(argv)
     except DelphiError as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); what was saved is whole (saves are complete or absent), so the same "
+              "command can be run again", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if not is_disk_full(e) or not e.filename:
+            raise
+        where = Path(e.filename).parent
+        print(f"error: the disk is full: writing {e.filename} failed with {size_text(free_bytes(where))} left; "
+              f"free space and run the command again", file=sys.stderr)
         return 2
 
 

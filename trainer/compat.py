@@ -72,11 +72,12 @@ class TrainerSeams:
 
         self.before_save()
         self.checkpoint_staging = str(staging_dir(Path(self.args.output_dir)))
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            staged, self.checkpoint_staging = self.checkpoint_staging, None
-        self.checkpoint_saved(Path(staged) / f"checkpoint-{self.state.global_step}")
+        with self.writing_checkpoint():
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                staged, self.checkpoint_staging = self.checkpoint_staging, None
+            self.checkpoint_saved(Path(staged) / f"checkpoint-{self.state.global_step}")
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
                                  learning_rate=None) -> None:
@@ -85,6 +86,14 @@ class TrainerSeams:
         self.observe_step(tr_loss, grad_norm, self.accelerator.optimizer_step_was_skipped)
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
                                          learning_rate=learning_rate)
+
+    def _run_epoch(self, *args, **kwargs) -> None:
+        """transformers 5.24 checks `max_steps` only after an optimizer step, so a run resumed from a checkpoint of
+        its last step with a fractional num_train_epochs (the epoch is not over) trains one step past its plan.
+        Nothing is left to train there: the epoch is not run."""
+        if self.state.global_step >= self.state.max_steps:
+            return
+        super()._run_epoch(*args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         """A resumed LambdaLR (linear, cosine) keeps the checkpoint's `base_lrs`, and the optimizer the learning rate
@@ -126,6 +135,41 @@ def renamed_state_dict(model, files: list[Path]) -> dict[str, torch.Tensor]:
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     return {rename_source_key(key, renamings, converters)[0]: value
             for file in files for key, value in load_file(file, device="cpu").items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# deepspeed: loading its checkpoint files
+
+# The classes ZeRO-1/2 optimizer states hold besides tensors and plain containers (DeepSpeed 0.19).
+DEEPSPEED_STATE_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+@contextmanager
+def deepspeed_loads_weights_only() -> Iterator[None]:
+    """DeepSpeed 0.19's `TorchCheckpointEngine.load` unpickles with `weights_only=False`, so a checkpoint copied in
+    from elsewhere, even with a forged completion marker, could run code on resume. While the block runs it loads
+    with `weights_only=True` and only the DeepSpeed classes its ZeRO states hold allowed: anything else is refused
+    by torch (`pickle.UnpicklingError`, one line through `trainer.files.refused_pickles`)."""
+    import importlib
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = [getattr(importlib.import_module(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])
+               for name in DEEPSPEED_STATE_CLASSES]
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    original = TorchCheckpointEngine.load
+    TorchCheckpointEngine.load = load
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,15 +9,18 @@ resume, per-dataset evaluation (`eval_<name>_loss`). What changes:
 - `log`: adds trained tokens, trained tokens/s, padding fraction and peak memory to every training log.
 - checkpoints are staged and published complete (`trainer.checkpoints`), and the divergence guard
   (`trainer.divergence`) watches every step and is asked before every log, evaluation and save.
+- every large write checks the free space first and turns a full disk into one line (`trainer.disk_space`).
+- the token counts cover the whole run: each checkpoint's marker carries them, and a resume starts from them.
 """
 from __future__ import annotations
 
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import ConcatDataset, Sampler
@@ -27,7 +30,9 @@ from trainer import checkpoints
 from trainer.compat import TrainerSeams
 from trainer.data.sampler import TokenBudgetBatchSampler
 from trainer.config import TrainConfig, write_resolved
+from trainer.disk_space import check_room, directory_bytes, model_bytes, writing
 from trainer.divergence import DivergenceGuard, stopped, weights_finite
+from trainer.errors import RunError
 from trainer.loss import summed_token_loss
 
 # (concatenated train splits, number of ranks, this rank) -> indices into the concatenation for this rank.
@@ -42,6 +47,9 @@ class TokenCounts:
     real: int = 0  # tokens of samples, not padding (the collator's count)
     processed: int = 0  # every position of every row, padding included
     started: float = field(default_factory=time.perf_counter)
+
+    def as_list(self) -> list[int]:
+        return [self.trained, self.real, self.processed]
 
     def add(self, inputs: dict[str, torch.Tensor]) -> None:
         """The collator's counts, made on the CPU: nothing is read back from the device."""
@@ -82,6 +90,7 @@ class DelphiTrainer(TrainerSeams, Trainer):
         self.chunked_loss = chunked_loss
         self.flops_per_token = 6 * self.model.num_parameters(exclude_embeddings=True)
         self.tokens = TokenCounts()
+        self.tokens_before = [0.0, 0.0, 0.0]  # trained, real, processed before a resume (the checkpoint's marker)
         self.eval_totals = torch.zeros(2, dtype=torch.float64)  # summed loss and trained tokens of one split
         self.train_sampler = sampler_factory(self.train_dataset, self.args.world_size, self.args.process_index)
         self.add_callback(SamplerEpochCallback(self.train_sampler))
@@ -135,7 +144,7 @@ class DelphiTrainer(TrainerSeams, Trainer):
             logs.update(self.throughput())
         super().log(logs, start_time)
         if "loss" in logs:  # logged as it is (nan stays nan), then judged
-            self.guard.observe_log(self.state.global_step, logs["loss"])
+            self.guard.observe_log(self.state.global_step, logs["loss"], logs.get("grad_norm"))
             self.check_divergence()
 
     # ------------------------------------------------------------------------------------------------------
@@ -148,22 +157,59 @@ class DelphiTrainer(TrainerSeams, Trainer):
         """Raises the run's closing RunError if it diverged; `weights` also checks every trainable weight (before
         anything is saved)."""
         finite = weights_finite(self.model) if weights else None
-        what = self.guard.verdict(finite, self.args.world_size)
-        if what is not None:
-            last = checkpoints.newest_complete(Path(self.args.output_dir))
-            raise stopped(what, self.state.global_step, str(last.path) if last else None)
+        found = self.guard.verdict(finite, self.args.world_size, self.state.global_step)
+        if found is not None:
+            what, first_bad = found
+            good = [c for c in checkpoints.complete_checkpoints(Path(self.args.output_dir)) if c.step < first_bad]
+            raise stopped(what, self.state.global_step, str(good[-1].path) if good else None, first_bad)
 
     def before_save(self) -> None:
         self.check_divergence(weights=True)
+        newest = checkpoints.newest_complete(Path(self.args.output_dir))
+        needed = directory_bytes(newest.path) if newest else model_bytes(self.model)
+        self.check_room(f"checkpoint-{self.state.global_step}", needed)
+
+    def check_room(self, what: str, needed: int) -> None:
+        """The main process checks the free space; every rank stops with it (they write into one directory)."""
+        problem = None
+        if self.args.should_save:
+            try:
+                check_room(Path(self.args.output_dir), needed, what, self.after_disk_full())
+            except RunError as e:
+                problem = e
+        if self.args.world_size > 1:
+            flag = self.accelerator.reduce(torch.tensor(float(problem is not None), device=self.args.device), "sum")
+            if float(flag) and problem is None:
+                problem = RunError(f"not enough space to write {what}: see the main process's line")
+        if problem is not None:
+            raise problem
+
+    def after_disk_full(self) -> str:
+        """What is intact and how to go on, once a save could not be written."""
+        last = checkpoints.newest_complete(Path(self.args.output_dir))
+        if last is None:
+            return "no checkpoint was saved before it; free space and run the same command again"
+        return f"{last.path} is intact; free space and run the same command again to resume from it"
+
+    @contextmanager
+    def writing_checkpoint(self) -> Iterator[None]:
+        """Around a checkpoint's save: a full disk removes the staged part and ends the run in one line."""
+        name = f"checkpoint-{self.state.global_step}"
+        staged = checkpoints.staging_dir(Path(self.args.output_dir)) / name
+        with writing(name, Path(self.args.output_dir), self.after_disk_full(),
+                     partial=lambda: checkpoints.discard(staged)):
+            yield
 
     def checkpoint_saved(self, staged: Path) -> None:
         """Every rank has written its part of `staged`: the main process adds the resolved config, marks it
         complete, renames it into output_dir and rotates the old ones out."""
         self.accelerator.wait_for_everyone()
+        tokens = self.run_tokens()
         if self.args.should_save:
             output_dir = Path(self.args.output_dir)
             write_resolved(self.run_config, staged)
-            checkpoints.publish(staged, output_dir, self.state.global_step, self.args.world_size)
+            checkpoints.publish(staged, output_dir, self.state.global_step, self.args.world_size,
+                                tokens=dict(zip(("trained", "real", "processed"), tokens)))
             checkpoints.rotate(output_dir, self.run_config.outputs.save_total_limit)
         self.accelerator.wait_for_everyone()
 
@@ -171,26 +217,37 @@ class DelphiTrainer(TrainerSeams, Trainer):
         """The final model, tokenizer and resolved config, published complete (a kill part-way leaves the run
         unfinished, to be resumed), never from a diverged run."""
         self.check_divergence(weights=True)
+        self.check_room("the final model", model_bytes(self.model, optimizer_states=0))
         staged = checkpoints.staging_dir(output_dir) / checkpoints.FINAL
-        self.save_model(str(staged))
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            write_resolved(self.run_config, staged)
-            checkpoints.publish_final(staged, output_dir, self.state.global_step, self.args.world_size)
+        with writing("the final model", output_dir, self.after_disk_full(),
+                     partial=lambda: checkpoints.discard(staged)):
+            self.save_model(str(staged))
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                write_resolved(self.run_config, staged)
+                checkpoints.publish_final(staged, output_dir, self.state.global_step, self.args.world_size)
         self.accelerator.wait_for_everyone()
 
+    def session_tokens(self) -> list[float]:
+        """Trained, real and processed tokens since this process started training, summed over ranks (a
+        collective: every rank calls it at the same step)."""
+        local = torch.tensor(self.tokens.as_list(), dtype=torch.float64, device=self.args.device)
+        return (self.accelerator.reduce(local, "sum") if self.args.world_size > 1 else local).tolist()
+
+    def run_tokens(self) -> list[float]:
+        """The whole run's token counts: those before the resume plus this session's (a collective)."""
+        return [a + b for a, b in zip(self.tokens_before, self.session_tokens())]
+
     def throughput(self) -> dict[str, float]:
-        """Token figures summed over ranks (a collective: every rank logs training metrics at the same step)."""
-        local = torch.tensor([self.tokens.trained, self.tokens.real, self.tokens.processed], dtype=torch.float64,
-                             device=self.args.device)
-        trained, real, processed = (self.accelerator.reduce(local, "sum") if self.args.world_size > 1
-                                    else local).tolist()
+        """Token figures of the whole run; the rate is this session's (a collective)."""
+        session = self.session_tokens()
+        trained, real, processed = [a + b for a, b in zip(self.tokens_before, session)]
         seconds = max(time.perf_counter() - self.tokens.started, 1e-9)
         return {
             "trained_tokens": trained,
             "real_tokens": real,
             "processed_tokens": processed,
-            "trained_tokens_per_second": trained / seconds,
+            "trained_tokens_per_second": session[0] / seconds,
             "padding_fraction": 1 - real / processed if processed else 0.0,
             "peak_memory_gib": peak_memory_gib(),
         }

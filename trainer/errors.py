@@ -5,6 +5,8 @@ expected, and the entry points print it alone as one `error: ...` and exit with 
 class DelphiError(Exception):
     """Anything the user can fix from the message alone."""
 
+    exit_code = 2
+
 
 class ConfigError(DelphiError):
     """A config key, flag or argument that is wrong."""

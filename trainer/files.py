@@ -20,7 +20,12 @@ def check_writable_dir(path: Path | str, key: str) -> None:
     """`path` is a directory Delphi may create and write into: it is not a file, nor below one, and the nearest
     existing directory accepts a new file (tried for real: permission bits say nothing for root or on network
     file systems)."""
+    if not str(path).strip():
+        raise ConfigError(f"{key}: empty; expected a directory")
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{key}: '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; create "
+                          f"that directory or give another path")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}: '{path}' is a file; expected a directory (created if missing)")
     existing = path

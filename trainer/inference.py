@@ -110,6 +110,13 @@ def read_adapter_config(path: Path) -> dict:
     return adapter
 
 
+def check_base_present(adapter_dir: Path, base: str) -> None:
+    """An adapter's base given as a path must still be there: one line naming --base_model otherwise."""
+    if looks_like_path(base) and not Path(base).is_dir():
+        raise ConfigError(f"{adapter_dir}: the adapter's base model '{base}' is not there (moved or deleted?); "
+                          f"pass its directory with --base_model")
+
+
 def load_base_with_adapter(adapter_dir: Path, base: str, config: TrainConfig | None, tokenizer, dtype,
                            trust_remote_code: bool = False):
     """The base in full precision (a QLoRA base too: its adapter's deltas apply to the original weights, never
@@ -117,9 +124,7 @@ def load_base_with_adapter(adapter_dir: Path, base: str, config: TrainConfig | N
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    if looks_like_path(base) and not Path(base).is_dir():
-        raise ConfigError(f"{adapter_dir}: the adapter's base model '{base}' is not there (moved or deleted?); "
-                          f"pass its directory with --base_model")
+    check_base_present(adapter_dir, base)
     if Path(base).is_dir():
         check_safetensors(base, "base model")
     try:

@@ -93,6 +93,18 @@ def check_model_source(model: ModelConfig, adapters: AdapterConfig) -> ModelSour
     return source
 
 
+def check_positions(source: ModelSource, max_length: int, val_max_length: int | None) -> None:
+    """A sample longer than the model's learnt positions (config.json max_position_embeddings) trains positions
+    the model never had; ALiBi models (MPT, Falcon with alibi) extrapolate and pass."""
+    positions = getattr(source.hf_config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or getattr(source.hf_config, "alibi", False):
+        return
+    for key, length in (("max_length", max_length), ("val_max_length", val_max_length)):
+        if length is not None and length > positions:
+            raise ConfigError(f"{key} {length:,} is longer than model_name '{source.name}' has positions ({positions:,}, "
+                              f"config.json max_position_embeddings); lower {key} to at most {positions:,}")
+
+
 def _check_tokenizer_source(model: ModelConfig) -> None:
     name = model.tokenizer
     key = "tokenizer_name" if model.tokenizer_name else "model_name"

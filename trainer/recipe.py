@@ -10,9 +10,11 @@ line within seconds, not after minutes of loading.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 from trainer.config import TrainConfig
+from trainer.errors import ConfigError, DataError
 from trainer.train import TrainResult
 
 
@@ -45,25 +47,38 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     from trainer.data.report import dataset_figures, dataset_stats
     from trainer.data.sampler import draw_counts
     from trainer.formats import FORMATS, format_for
-    from trainer.models import VARLEN_ATTENTIONS, check_model_source, check_tokenizer_fits, load_model
+    from trainer.models import (VARLEN_ATTENTIONS, check_model_source, check_positions, check_tokenizer_fits,
+                                load_model)
     from trainer.resume import check_run
+    from trainer.run_lock import check_free
     from trainer.tokens import load_tokenizer
     from trainer.train import train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        check_free(Path(config.outputs.output_dir))  # another live run there: refused before any long work
     start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
     if start.finished_step is not None:
         if rank0:
             print(start.finished_line(), flush=True)
         return None
     model, data = config.model, config.data
+    if not data.datasets:
+        raise ConfigError("the config names no datasets (datasets is empty or null): add a section with a "
+                          "`datasets:` list to --configs, or give --datasets")
     source = check_model_source(model, config.adapters)
+    check_positions(source, data.max_length, data.val_max_length)
     tokenizer = load_tokenizer(model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens,
                                model.trust_remote_code)
     check_tokenizer_fits(source, tokenizer, model)
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()
     built = build_datasets(data, tokenizer)
+    for b in built:
+        if not len(b.train):
+            dropped = b.counts.get("train_dropped_no_trained_tokens", 0)
+            raise DataError(f"no training sample of dataset '{b.name}' fits max_length {data.max_length}: "
+                            f"{dropped:,} had nothing left to train on once cut to it; raise max_length")
     # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
     # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
     set_seed(config.optim.rng_seed)

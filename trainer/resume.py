@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainer.checkpoints import (MARKER, STAGING, Checkpoint, finished_step, marker_problem, newest_complete,
-                                 read_marker, tidy, unmark_final)
 from trainer import schema
+from trainer.checkpoints import (MARKER, STAGING, Checkpoint, check_not_linked, finished_step, marker_problem,
+                                 newest_complete, read_marker, tidy, unmark_final)
 from trainer.config import (RESOLVED_CONFIG, RESUME_LAST, RESUME_POLICY, OutputConfig, TrainConfig, load_config,
                             write_resolved)
 from trainer.data.sources import resolve_input_path
 from trainer.errors import ConfigError, DataError, RunError, first_line
 from trainer.files import check_safetensors, check_writable_dir, refused_pickles
 from trainer.paths import bundled
+from trainer.run_lock import keep_in
 from trainer.run_log import RunLog
 
 # Which keys may differ on resume is declared with each key (`option(resume=...)`, trainer.config.groups).
@@ -84,6 +85,7 @@ def check_output_dir(config: TrainConfig) -> None:
     writes (saving and rotating there would overwrite or delete them)."""
     out_key = "output_dir"
     check_writable_dir(config.outputs.output_dir, out_key)
+    check_not_linked(Path(config.outputs.output_dir))
     out = Path(config.outputs.output_dir).resolve()
     for key, name in (("model_name", config.model.model_name), ("tokenizer_name", config.model.tokenizer_name)):
         if not name or not Path(bundled(name)).exists():
@@ -182,8 +184,8 @@ def check_run(config: TrainConfig, world_size: int = 1, total_steps: int | None 
                           f"new output_dir, or --overwrite_output_dir to start over (the old run is moved aside)")
     if differences and not (outputs.resume_with_changes and all(k in CHANGEABLE for k in differences)):
         raise refusal(out, source, differences)
-    if finished is not None and not differences and not outputs.resume_from_checkpoint:
-        return RunStart(out, resume, finished_step=finished)
+    if finished is not None and not differences and outputs.resume_from_checkpoint in (None, RESUME_LAST):
+        return RunStart(out, resume, finished_step=finished)  # the bare flag resumes; a finished run has no more
     if differences and total_steps is not None and resume and resume.step >= total_steps:
         raise ConfigError(f"--resume_with_changes: with {', '.join(differences)} as given the run has "
                           f"{total_steps} steps, but {resume.path} is already at step {resume.step}: nothing left "
@@ -199,6 +201,7 @@ def begin_run(config: TrainConfig, start: RunStart, say=print) -> None:
     if config.outputs.overwrite_output_dir and holds_a_run(out):
         aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(aside)
+        keep_in(out, aside)  # this run's lock
         say(f"--overwrite_output_dir: the earlier run in {out} moved to {aside} (delete it when you no longer "
             f"need it); starting over")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,18 @@
 """One training run: config + model + data in, a trained model, checkpoints, metrics and a report out.
 
 `train()` is the whole run in reading order: arguments, the step arithmetic, what output_dir allows (resume,
-refuse, or nothing to do: `trainer.resume`), trainer, train, save, report. The model, the per-dataset samples, the
+refuse, or nothing to do: `trainer.resume`), the output_dir's lock (`trainer.run_lock`), trainer, train (stopped
+and saved on SIGTERM/SIGINT: `trainer.preemption`), save, report. The model, the per-dataset samples, the
 collator and the sampler factory are passed in, so the same function runs the tests' tiny samples and the real
 data builder's output, on 2 CPU processes or 64 GPUs (the launcher, `deepspeed` or `torchrun`, sets the ranks;
 nothing here starts processes).
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,12 +23,15 @@ from torch.utils.data import ConcatDataset
 from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from trainer.checkpoints import complete_checkpoints
+from trainer.checkpoints import complete_checkpoints, newest_complete, tokens_at
+from trainer.compat import deepspeed_loads_weights_only
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
 from trainer.errors import ConfigError
 from trainer.paths import bundled
-from trainer.resume import begin_run, check_run, loading, resume_path
+from trainer.preemption import Preemption
+from trainer.resume import RunStart, begin_run, check_run, loading, resume_path
+from trainer.run_lock import check_free, locked
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
@@ -40,6 +47,12 @@ def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "a
         deepspeed = Path(bundled(config.optim.deepspeed_config))
         if not deepspeed.is_file():
             raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
+        try:
+            json.loads(deepspeed.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise ConfigError(f"deepspeed_config: {deepspeed}{where}: not a readable DeepSpeed JSON "
+                              f"({getattr(e, 'msg', None) or e})") from None
     return TrainingArguments(
         **config.trainer_args(),
         optim=optim_name,  # replaced by the JSON's optimizer under DeepSpeed
@@ -132,22 +145,41 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
     dataset = ConcatDataset(list(train_sets.values()))
     sampler = sampler_factory(dataset, args.world_size, args.process_index)
     plan = StepPlan.of(config, len(sampler), args.world_size)
+    if main:
+        check_free(output_dir)  # before reading a directory another run may be writing
+        if config.schedule.warmup_steps >= plan.total_steps:
+            print(f"warning: warmup_steps {config.schedule.warmup_steps:,} is not shorter than the run "
+                  f"({plan.total_steps:,} steps): the learning rate never reaches learning_rate "
+                  f"{config.optim.learning_rate:g}; lower warmup_steps to train at the rate you set", file=sys.stderr)
     start = check_run(config, args.world_size, plan.total_steps)
     if start.finished_step is not None:
         if main:
             print(start.finished_line(), flush=True)
         return None
+    with locked(output_dir) if main else nullcontext():
+        return _locked_run(config, args, plan, start, model, tokenizer, dataset, evals, sampler, collator,
+                           data_report, callbacks)
+
+
+def _locked_run(config: TrainConfig, args: TrainingArguments, plan: StepPlan, start: RunStart, model, tokenizer,
+                dataset, evals, sampler, collator, data_report, callbacks) -> TrainResult:
+    """`train` once this process holds output_dir (the main process) or the main process does (the others)."""
+    output_dir = Path(config.outputs.output_dir)
+    main = args.process_index == 0
     if main:
         begin_run(config, start)
     PartialState().wait_for_everyone()  # the other ranks look for the checkpoint once it is tidied
     resume = resume_path(config, start)
     run_log = RunLog.start(config.logging, output_dir, config.flat()) if main else RunLog(output_dir / "metrics.jsonl")
     log_callback = RunLogCallback(run_log, tuple(evals))
+    preemption = Preemption(args.world_size)
     try:
         trainer = DelphiTrainer(
             model=model, args=args, processing_class=tokenizer, data_collator=collator, train_dataset=dataset,
             eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
-            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, *callbacks])
+            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, preemption, *callbacks])
+        if resume:
+            trainer.tokens_before = tokens_at(resume)
         trainer.remove_callback(ProgressCallback)
         progress = TokenProgressCallback(tuple(evals))
         trainer.add_callback(progress)
@@ -158,10 +190,15 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
             run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
                              **{f"data/{k}": v for k, v in (data_report or {}).items()}})
         try:
-            with quiet_weight_bars(), loading(resume, start.resume_step, lambda: trainer.state.global_step):
+            with quiet_weight_bars(), preemption.watching(), \
+                    deepspeed_loads_weights_only() if config.optim.deepspeed else nullcontext(), \
+                    loading(resume, start.resume_step, lambda: trainer.state.global_step):
                 trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         finally:
             progress.close()
+        if preemption.stopped_at is not None:
+            saved = newest_complete(output_dir)
+            raise preemption.stopped(str(saved.path) if saved and saved.step == preemption.stopped_at else None)
         with quiet_weight_bars():
             trainer.save_final(output_dir)
         figures = trainer.throughput()

@@ -4,6 +4,8 @@ where it came from)."""
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,13 @@ def split_argv(argv: list[str], extra_options: dict[str, bool] | None = None) ->
         else:
             if len(values) > 1:
                 raise ConfigError(f"command line: --{name} takes one value, got {values!r}")
+            key = name.removeprefix("no-")
+            earlier = next((f"--{n}" + (f" {v}" if v is not None else "") for n, v in overrides
+                            if n.removeprefix("no-") == key), None)
+            if earlier is not None:  # the last wins, as with OASST's argparse (scripts append overrides), but said
+                given = f"--{name}" + (f" {values[0]}" if values else "")
+                print(f"warning: command line: '{key}' given twice ({earlier}, then {given}); the last is used",
+                      file=sys.stderr)
             overrides.append((name, values[0] if values else None))
     return ParsedArgs(configs, files, overrides, extra)
 
@@ -134,6 +143,11 @@ def resolve(args: ParsedArgs, config_files: list[Path] | None = None) -> TrainCo
     if isinstance(values.get("output_dir"), str):
         # A wandb agent starts every run with one command: `--output_dir=outputs/sweeps/x/$WANDB_RUN_ID` gives
         # each its own directory, so none resumes another's checkpoints.
-        values["output_dir"] = os.path.expandvars(values["output_dir"])
+        expanded = os.path.expandvars(values["output_dir"])
+        unset = re.search(r"\$(\w+|\{\w+\})", expanded)
+        if unset:
+            raise ConfigError(f"{origins.get('output_dir', 'config')}: output_dir '{values['output_dir']}': "
+                              f"{unset.group(0)} is not set in the environment; set it or write the directory out")
+        values["output_dir"] = expanded
     return build_config(values, origins)
 

@@ -23,6 +23,7 @@ from trainer.schema import (CHANGEABLE, FIXED, FREE, at_least, build, check, com
 
 RESUME_LAST = "last"  # resume_from_checkpoint: the newest checkpoint in output_dir (OASST's and HF's `True`)
 SEED_LIMIT = 2**32  # numpy's legacy seeding, which transformers' set_seed uses, takes 0 .. 2**32 - 1
+MAX_BATCH = 2**20  # samples per micro-batch (or micro-batches per step): beyond, slicing the sampler overflows
 MAX_EPOCHS = 10_000
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("full", "lora", "qlora")
@@ -170,6 +171,9 @@ class OptimConfig:
                 problems.append((name, f"must be in [0, 1), got {getattr(self, name)}"))
         if not 0 <= self.rng_seed < SEED_LIMIT:
             problems.append(("rng_seed", f"must be in 0..{SEED_LIMIT - 1}, got {self.rng_seed}"))
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) > MAX_BATCH:
+                problems.append((name, f"must be at most {MAX_BATCH:,}, got {getattr(self, name):,}"))
         check(problems)
 
 

@@ -70,22 +70,38 @@ def read_sections(paths: list[Path]) -> dict[str, Section]:
 
 def _refuse_repeated_keys(node: yaml.Node, path: Path, section: str) -> None:
     """YAML keeps the last of a key given twice in one mapping without a word; a config that says two things is
-    refused, naming both lines."""
-    stack = [node]
+    refused, naming both lines. An alias inside the node its anchor names (a section that merges itself with
+    `<<: *e` or lists itself in `datasets: [*e]`) is a cycle that building the values would follow forever: refused
+    at once, naming the line. A node shared through several aliases is checked once."""
+    checked: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(node, ())]
     while stack:
-        current = stack.pop()
+        current, outer = stack.pop()  # `outer`: the nodes that contain it
+        if id(current) in checked:
+            continue
+        checked.add(id(current))
+        inner = (*outer, id(current))
         if isinstance(current, yaml.MappingNode):
             seen: dict[str, int] = {}
+            children = []
             for key, value in current.value:
+                line = key.start_mark.line + 1
                 if isinstance(key, yaml.ScalarNode):
-                    line = key.start_mark.line + 1
                     if key.value in seen:
                         raise ConfigError(f"{path}:{line}: key '{key.value}' given twice in section '{section}' "
                                           f"(first at line {seen[key.value]}); keep one")
                     seen[key.value] = line
-                stack.append(value)
+                children.append((line, value))
         elif isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
+            children = [(current.start_mark.line + 1, item) for item in current.value]
+        else:
+            continue
+        for line, child in children:
+            if id(child) in inner:
+                raise ConfigError(f"{path}:{line}: section '{section}' contains itself through a YAML alias (the "
+                                  f"anchor at line {child.start_mark.line + 1}): an alias cycle; refer to another "
+                                  f"section's anchor, or merge sections with --configs")
+            stack.append((child, inner))
 
 
 def default_config_files() -> list[Path]:

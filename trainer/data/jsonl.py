@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +24,23 @@ from trainer.errors import DataError
 # How many skipped locations a report shows; the count is always complete.
 KEPT_LOCATIONS = 5
 BOM, NEWLINE = b"\xef\xbb\xbf", b"\n"
+# Nesting levels a record may have beyond Python's usual 1,000: an OASST tree nests two per turn, so threads of up
+# to ~2,000 turns are read (the C stack holds these levels many times over).
+JSON_DEPTH = 4000
+DEEPER = (f"JSON nested deeper than the parser allows ({JSON_DEPTH:,} levels beyond Python's recursion limit, an "
+          f"OASST thread of about 2,000 turns); split the tree or drop the record (skip_bad_lines: true)")
+
+
+@contextmanager
+def deep_json() -> Iterator[None]:
+    """json's C parser recurses once per nesting level and stops at the interpreter's recursion limit (1,000), which
+    an OASST export of a 600-turn thread passes: the limit is raised by JSON_DEPTH while one record is parsed."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + JSON_DEPTH)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 @dataclass
@@ -148,13 +167,14 @@ def _line_records(path: Path, lines, bad: BadRecords) -> Iterator[tuple[int, dic
             bad.handle(e)
             continue
         try:
-            record = loads(line)
+            with deep_json():
+                record = loads(line)
         except json.JSONDecodeError as e:
             column = min(e.pos, len(line.rstrip("\r\n"))) + 1  # an error at the line's end points at its end
             bad.handle(DataError(f"{path}:{line_no}: not valid JSON: {e.msg} (column {column})"))
             continue
         except RecursionError:
-            bad.handle(DataError(f"{path}:{line_no}: JSON nested deeper than the parser allows"))
+            bad.handle(DataError(f"{path}:{line_no}: {DEEPER}"))
             continue
         if not isinstance(record, dict):
             bad.handle(DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"))
@@ -186,9 +206,10 @@ def _array_records(path: Path, text: str, first_line: int, bad: BadRecords) -> I
         while True:
             start = line_of(pos)
             try:
-                record, pos = decoder.raw_decode(text, pos)
+                with deep_json():
+                    record, pos = decoder.raw_decode(text, pos)
             except RecursionError:
-                raise DataError(f"{path}:{start}: JSON nested deeper than the parser allows") from None
+                raise DataError(f"{path}:{start}: {DEEPER}") from None
             except json.JSONDecodeError as e:
                 # Inside one array there is no way to resynchronise, so this cannot be skipped.
                 raise DataError(f"{path}:{e.lineno + first_line - 1}: not valid JSON: {e.msg} "
@@ -213,7 +234,9 @@ def string_field(record: dict[str, Any], key: str, where: str, default: str | No
                  blank: bool = False) -> str:
     """`record[key]` as a string; missing (without a default), not a string, or (unless `blank`) empty or only
     whitespace raises DataError naming the field: an empty prompt or reply would train the model on nothing."""
-    value = record.get(key, default)
+    value = record.get(key)
+    if value is None:  # JSON null is absent, as many exports write an empty optional field
+        value = default
     if value is None:
         raise DataError(f"{where}: missing field '{key}' (expected a string)")
     if not isinstance(value, str):

@@ -10,6 +10,7 @@ from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
 from trainer.data.collate import DataCollator, training_collator
 from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler
+from trainer.disk_space import writing
 from trainer.tokens import IGNORE_INDEX
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -115,17 +116,23 @@ def format_report(built: list[BuiltDataset], figures: list[dict], tokenizer, exa
 
 
 def write_dump(path: Path | str, built: list[BuiltDataset], tokenizer) -> int:
-    """Every processed sample as one JSON line, for auditing what the model will be trained on."""
+    """Every processed sample as one JSON line, for auditing what the model will be trained on. Written beside
+    `path` under a temporary name and renamed, so that the dump is whole or absent (a full disk included)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     written = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for b in built:
-            for split, data in (("train", b.train), ("validation", b.val)):
-                for row in data:
-                    f.write(json.dumps({
-                        "dataset": b.name, "split": split,
-                        "text": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
-                        "input_ids": row["input_ids"], "labels": row["labels"]}, ensure_ascii=False) + "\n")
-                    written += 1
+    with writing(f"the dump {path.name}", path.parent, "nothing else was changed; free space and run it again",
+                 partial=lambda: tmp.unlink(missing_ok=True)):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for b in built:
+                for split, data in (("train", b.train), ("validation", b.val)):
+                    for row in data:
+                        f.write(json.dumps({
+                            "dataset": b.name, "split": split,
+                            "text": tokenizer.decode(row["input_ids"], skip_special_tokens=False),
+                            "input_ids": row["input_ids"], "labels": row["labels"]}, ensure_ascii=False) + "\n")
+                        written += 1
+        tmp.replace(path)
     return written
 
 

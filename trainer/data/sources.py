@@ -9,6 +9,7 @@ the custom sampler asks for it.
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -69,9 +70,21 @@ def resolve_input_path(input_file_path: str, cache_dir: str) -> Path:
     candidates = [path] if path.is_absolute() else [Path(cache_dir) / path, Path.cwd() / path,
                                                     CHECKOUT / path]
     for candidate in candidates:
-        if candidate.is_file() or candidate.is_dir():
-            return candidate.absolute()
-    tried = ", ".join(str(c.resolve()) for c in dict.fromkeys(candidates))
+        try:
+            if candidate.is_file() or candidate.is_dir():
+                return candidate.absolute()
+        except OSError as e:  # a directory on the way without permission, a name too long: not "not found"
+            raise DataError(f"input_file_path '{input_file_path}': cannot read {candidate}: {e.strerror or e}") \
+                from None
+        if candidate.is_symlink():
+            try:
+                candidate.stat()
+                why = "leads to neither a file nor a directory"
+            except OSError as e:
+                why = "loops back on itself" if e.errno == errno.ELOOP else "points to nothing"
+            raise DataError(f"input_file_path '{input_file_path}': {candidate.absolute()} is a symbolic link that "
+                            f"{why}; point it at the data file or directory")
+    tried = ", ".join(str(c.absolute()) for c in dict.fromkeys(candidates))
     raise DataError(f"input_file_path '{input_file_path}' not found (neither a file nor a directory); tried: {tried}")
 
 
@@ -133,6 +146,10 @@ def _hub_rows(ds: DatasetConfig, timeout: float) -> Iterator[tuple[str, dict[str
     if not name:
         raise DataError(f"dataset '{ds.name}': no input_file_path and no hub dataset to load; give one in the "
                         f"datasets list, e.g.\n    - {ds.name}: {{input_file_path: {ds.kind.example_file}}}")
+    if name.startswith((".", "/", "~")) or "\\" in name or ".." in name.split("/") or name.count("/") > 1:
+        # datasets.load_dataset reads a local directory under such a name, which is not what hub_name says
+        raise DataError(f"dataset '{ds.name}': hub_name '{name}' is a path, not a hub dataset (owner/name); give a "
+                        f"local file as input_file_path")
     import datasets
 
     try:

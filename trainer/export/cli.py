@@ -30,6 +30,7 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
     from trainer.export.source import RESOLVED_CONFIG, read_run
+    from trainer.inference import check_base_present
     from trainer.models import TORCH_DTYPES, set_token_ids
     from trainer.tokens import load_tokenizer
 
@@ -50,6 +51,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if run.is_adapter and run.export_record:
         raise ConfigError(f"{run.path}: an export directory holding an adapter; export from the training output")
     model_dir = run.base_model if run.is_adapter else run.path
+    if run.is_adapter:
+        check_base_present(run.path, run.base_model)
     if writer.check_model:
         writer.check_model(AutoConfig.from_pretrained(model_dir, trust_remote_code=run.trust_remote_code),
                            str(model_dir))
@@ -131,6 +134,9 @@ def parse_args(argv: list[str]):
 def main(argv: list[str]) -> int:
     """`delphi export`; bad input raises DelphiError (the `delphi` wrapper prints it and exits with 2)."""
     args = parse_args(argv)
+    if args.sequence_length is not None and args.sequence_length < 1:
+        raise ConfigError(f"--sequence_length: {args.sequence_length}; expected a length of at least 1 (none: the "
+                          f"run's max_length)")
     from trainer.export.source import EXPORT_RECORD
 
     result = export(args.source, args.out, args.target, args.dtype, args.base_model, args.max_shard_size,

@@ -118,7 +118,8 @@ def check_tokens(tokenizer, end_key: str) -> None:
 def write_ipu(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[str, Any]:
     """The pipeline's files, and its settings for the record (printed too: the user passes them on)."""
     check_tokens(tokenizer, fmt.end_key)
-    sequence_length = options.sequence_length or min(options.max_length or MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH)
+    sequence_length = options.sequence_length if options.sequence_length is not None else \
+        min(options.max_length or MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH)
     settings = pipeline_settings(model, tokenizer, fmt, sequence_length)
     model.save_pretrained(out, max_shard_size=options.max_shard_size)  # today's names (embed_out), then converted
     safetensors_to_bin(out)

@@ -88,15 +88,24 @@ class Sweep:
 # ----------------------------------------------------------------------------------------------------------
 # Reading and checking the sweep file
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Line of every top-level key and of every key one level down (`parameters.learning_rate`)."""
+def _key_lines(text: str, path: Path) -> dict[str, int]:
+    """Line of every top-level key and of every key one level down (`parameters.learning_rate`); a key given twice
+    at either level (YAML keeps the last without a word) is refused, naming both lines."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     lines: dict[str, int] = {}
+
+    def add(name: str, node: yaml.Node) -> None:
+        if name in lines:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: '{name}' given twice (first at line "
+                              f"{lines[name]}); keep one")
+        lines[name] = node.start_mark.line + 1
+
     if isinstance(root, yaml.MappingNode):
         for key, value in root.value:
-            lines[str(key.value)] = key.start_mark.line + 1
+            add(str(key.value), key)
             if isinstance(value, yaml.MappingNode):
-                lines.update({f"{key.value}.{k.value}": k.start_mark.line + 1 for k, _ in value.value})
+                for k, _ in value.value:
+                    add(f"{key.value}.{k.value}", k)
     return lines
 
 
@@ -153,8 +162,8 @@ def load_sweep(path: Path | str) -> Sweep:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+        lines = _key_lines(text, path)
         data = yaml.safe_load(text)
-        lines = _key_lines(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
     except UnicodeDecodeError as e:
@@ -187,11 +196,18 @@ def load_sweep(path: Path | str) -> Sweep:
             raise ConfigError(f"{where(key)}: must be a mapping of config keys, got {value!r}")
     if not parameters:
         raise ConfigError(f"{where('parameters')}: a sweep needs at least one parameter to vary")
+    both = sorted(set(fixed) & set(parameters))
+    if both:
+        raise ConfigError(f"{where('parameters.' + both[0])}: '{both[0]}' is both varied (parameters) and fixed "
+                          f"(line {lines.get('fixed.' + both[0])}); keep one")
     for key, value in fixed.items():
         if key in RESERVED_KEYS:
             raise ConfigError(f"{where('fixed.' + key)}: '{key}' is set by the sweep for each trial")
         fixed[key] = check_value(key, value, where(f"fixed.{key}"))
     count, seed = data.get("count"), data.get("seed", 0)
+    if method == "grid" and count is not None:
+        raise ConfigError(f"{where('count')}: a grid sweep runs every combination of the parameters' values; 'count' "
+                          f"applies to random sweeps (method: random)")
     if method == "random" and not (isinstance(count, int) and count >= 1):
         raise ConfigError(f"{where('count')}: a random sweep needs 'count', a number of trials >= 1, got {count!r}")
     if not isinstance(seed, int):

@@ -64,7 +64,10 @@ def plan(sweep: Sweep) -> list[Trial]:
         except (KeyError, ValueError, IndexError) as e:
             raise ConfigError(f"{sweep.file} (run_name): cannot format {sweep.run_name!r}: {e!r}; it may use "
                               f"{{index}}, {{name}} and the parameters' keys") from None
-        name = name.replace("/", "_").replace(" ", "_")
+        name = name.replace("/", "_").replace("\\", "_").replace(" ", "_")
+        if name in ("", ".", ".."):
+            raise ConfigError(f"{sweep.file} (run_name): {sweep.run_name!r} names trial {index} {name!r}, which is not "
+                              f"a directory of its own inside the sweep's output_dir; use {{index}} or parameters")
         if name in seen:
             raise ConfigError(f"{sweep.file} (run_name): trials {seen[name]} and {index} are both named '{name}'; "
                               f"add {{index}} or more parameters to run_name")
