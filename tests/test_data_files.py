@@ -83,15 +83,17 @@ def test_gzip_and_zstd_jsonl(tmp_path, from_jsonl):
         assert turns(load("messages", tmp_path / name)) == from_jsonl["messages"]
 
 
-def test_a_hub_name_loads_through_datasets_with_config_and_split_offline(tmp_path, from_jsonl):
-    """A local dataset directory is what `load_dataset` resolves a hub name to once downloaded; here the same
-    call reads it offline (scripts/env.sh sets HF_HUB_OFFLINE), with the split and streaming options."""
-    hub = tmp_path / "org_chats"
+def test_a_hub_name_loads_through_datasets_with_config_and_split_offline(tmp_path, from_jsonl, monkeypatch):
+    """`datasets.load_dataset` reads an `owner/name` that exists as a directory in the working directory, as it
+    does a downloaded hub dataset; here the same call reads it offline (scripts/env.sh sets HF_HUB_OFFLINE),
+    with the split and streaming options."""
+    monkeypatch.chdir(tmp_path)
+    hub = tmp_path / "org/chats"
     (hub / "data").mkdir(parents=True)
     third = len(CHATS) // 3
     pq.write_table(pa.Table.from_pylist(CHATS[third:]), hub / "data/train-00000-of-00001.parquet")
     pq.write_table(pa.Table.from_pylist(CHATS[:third]), hub / "data/test-00000-of-00001.parquet")
-    entry = {"hub_name": str(hub), "val_split": 0.0}
+    entry = {"hub_name": "org/chats", "val_split": 0.0}
     train = load_source(DatasetConfig.of("messages", hub_split="train", **entry), "no-cache")
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CHATS[third:]))
     assert turns(train) == turns(load("messages", tmp_path / "train.jsonl"))
