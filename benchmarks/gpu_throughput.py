@@ -1,13 +1,21 @@
-"""GPU training throughput (issue 9): Delphi beside the length-grouped HF Trainer and TRL's padding-free SFTTrainer,
-on Pythia-410M and 1.4B shapes, full / LoRA / QLoRA, bf16, max_length 2048, in one device call.
+"""GPU training throughput (issues 9, 15): Delphi beside the length-grouped HF Trainer and TRL's padding-free
+SFTTrainer, on Pythia-410M / 1.4B, Llama-3.2-1B and Qwen2.5-0.5B shapes, full / LoRA / QLoRA, bf16, max_length
+2048, in one device call.
 
     python benchmarks/gpu_throughput.py --tokenizer 20B_tokenizer.json --oasst en_100_tree.jsonl [--tiny]
-        [--shapes 1.4b 410m] [--modes full lora qlora] [--arms ...] [--work DIR] [--out DIR] [--deadline 430]
+        [--shapes 1.4b 410m llama-1b qwen-0.5b] [--llama-tokenizer DIR] [--qwen-tokenizer DIR]
+        [--modes full lora qlora] [--arms ...] [--work DIR] [--out DIR] [--deadline 430]
 
-Model: GPT-NeoX with Pythia's shape (410M: hidden 1024, 1.4B: hidden 2048; 24 layers, 16 heads, rotary_pct 0.25,
-untied head), random weights, the GPT-NeoX-20B tokenizer + the chat tokens (50,288 rows); `--tiny` is hidden 64 x
-2 layers, for trying the script on a CPU. Data: the OASST threads of `--oasst` through Delphi's builder (oasst
-format, max_length 2048); every arm trains the same `--samples` threads (a fixed pick, repeated when there are
+Models, random weights: GPT-NeoX with Pythia's shape (410M: hidden 1024, 1.4B: hidden 2048; 24 layers, 16 heads,
+rotary_pct 0.25, untied head) and the GPT-NeoX-20B tokenizer + the chat tokens (50,288 rows); Llama with
+Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 query / 8 key-value heads, SwiGLU 8192, tied head) and its real
+tokenizer (`--llama-tokenizer`: ../shared/data/model_tokenizers/llama-3.2-3b-instruct, 128,272 rows); Qwen2 with
+Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 / 2 heads, SwiGLU 4864, q/k/v biases, tied head) and its real
+tokenizer (`--qwen-tokenizer`: .../qwen2.5-0.5b-instruct, 151,680 rows). `--tiny` shrinks every shape to hidden 64
+x 2 layers, for trying the script on a CPU. Data: the OASST threads of `--oasst` through Delphi's builder
+(max_length 2048), in the oasst format for GPT-NeoX and in the model's own chat template (`prompt_format:
+chat_template`: the ids are `apply_chat_template`'s, the assistant turns and their end-of-turn token trained) for
+Llama and Qwen; every arm trains the same `--samples` threads (a fixed pick, repeated when there are
 fewer), one epoch, accumulation 1, the same optimizer (Delphi's choice: fused AdamW, paged AdamW for QLoRA on CUDA),
 learning rate and schedule, no activation checkpointing. Full: fp32 master weights + bf16 autocast; LoRA: bf16
 base; QLoRA: NF4 base, bf16 compute; LoRA r16 / alpha 32 on all linear layers (Delphi's `lora_config` for all).
@@ -19,7 +27,11 @@ Arms, each in its own process, under a timeout:
   tokens), one packed row each under a varlen kernel (flash-attention 2 where installed, else torch's own
   `delphi_varlen`); `--compile` adds `compile: true` (untried on a GPU);
 - trainer-grouped: `Trainer` + `DataCollatorForSeq2Seq` + `train_sampling_strategy="group_by_length"`;
-- trl-padding-free: `SFTTrainer(padding_free=True)`, completion-only loss on the same trained tokens.
+- trl-padding-free: `SFTTrainer(padding_free=True)` on the same tokens: completion-only loss (a `completion_mask`)
+  for GPT-NeoX; assistant-only loss (TRL's `assistant_masks`, which it always applies) on the template for Llama
+  and Qwen. TRL's own template masking (`assistant_only_loss`) needs `{% generation %}` markers, which TRL 1.16
+  adds to Qwen2.5's template but has none for Llama 3.2's, so both take the masks of Delphi's rendering, which
+  its parity check holds equal to the template's.
 
 Measured the same way for all: tokens are counted on the CPU side of each arm's collator (no device sync), time
 runs from the end of optimizer step `--warmup` to the end of the last step, with a device synchronize at both
@@ -31,7 +43,9 @@ processed positions; peak = torch.cuda.max_memory_allocated (CPU: peak RSS).
 One device call (prepare once here, from the repository root; `.whl` + `.bench` are ~64 MB of the 64 MiB a call
 may carry: transformers 5.24.0 13.5 MB, bitsandbytes 0.50.2 43.1 MB, trl 1.16.0 0.95 MB, peft 0.21.2 0.84 MB,
 regex 2026.11.19 0.81 MB, datasets 5.2.0 0.61 MB, multiprocess 0.70.19 0.15 MB, dill 0.4.1 0.12 MB, the tokenizer
-2.5 MB, the OASST trees 1.0 MB; leave bitsandbytes out and pass `--modes full lora` when QLoRA is not wanted):
+2.5 MB, the OASST trees 1.0 MB; leave bitsandbytes out and pass `--modes full lora` when QLoRA is not wanted, as
+the Llama and Qwen shapes must: their tokenizers add 13 MB, and `--shapes llama-1b qwen-0.5b --modes full lora`
+is the call for them):
 
     printf '/.whl/\\n/.bench/\\n' >> "$(git rev-parse --git-path info/exclude)"; mkdir -p .bench
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -39,6 +53,9 @@ regex 2026.11.19 0.81 MB, datasets 5.2.0 0.61 MB, multiprocess 0.70.19 0.15 MB, 
       transformers==5.24.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 regex==2026.11.19 \\
       trl==1.16.0 bitsandbytes==0.50.2
     cp ../shared/data/tokenizers/gpt-neox-20b/20B_tokenizer.json ../shared/data/oasst/en_100_tree.jsonl .bench/
+    cp -r ../shared/data/model_tokenizers/llama-3.2-3b-instruct ../shared/data/model_tokenizers/qwen2.5-0.5b-instruct \
+      .bench/    # the Llama and Qwen shapes only; then add --llama-tokenizer .bench/llama-3.2-3b-instruct
+                 # --qwen-tokenizer .bench/qwen2.5-0.5b-instruct to the command below
 
 then `run` with carry [".whl", ".bench"], timeout_s 480, and the command:
 
@@ -50,7 +67,8 @@ then `run` with carry [".whl", ".bench"], timeout_s 480, and the command:
 
 (one line). Arms are run shape by shape, mode by mode; one that would start with under `--min-arm` seconds left
 before `--deadline` (seconds since start) is skipped and shown as such, so the table always prints. $OUT receives
-log.txt, results.json and report.md. On this CPU: `--tiny --max-length 512 --batch 4 --samples 64`.
+log.txt, results.json and report.md. On this CPU: `--tiny --max-length 512 --batch 4 --samples 64` (with
+`--shapes llama-1b qwen-0.5b --llama-tokenizer ... --qwen-tokenizer ...` for the modern ones).
 """
 from __future__ import annotations
 
@@ -69,30 +87,65 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 ARMS = ("delphi", "delphi-padding-free", "trainer-grouped", "trl-padding-free")
 MODES = ("full", "lora", "qlora")
-SHAPES = {"tiny": dict(hidden=64, layers=2, heads=4), "410m": dict(hidden=1024, layers=24, heads=16),
-          "1.4b": dict(hidden=2048, layers=24, heads=16)}
+# architecture, format, tokenizer argument, shape (and, for the modern ones, the attributes their tiny config sets
+# otherwise).
+SHAPES = {
+    "1.4b": dict(architecture="gpt_neox", format="oasst", tokenizer="tokenizer", hidden=2048, layers=24, heads=16),
+    "410m": dict(architecture="gpt_neox", format="oasst", tokenizer="tokenizer", hidden=1024, layers=24, heads=16),
+    "llama-1b": dict(architecture="llama", format="chat_template", tokenizer="llama_tokenizer", hidden=2048,
+                     layers=16, heads=32, num_key_value_heads=8, intermediate_size=8192),
+    "qwen-0.5b": dict(architecture="qwen2", format="chat_template", tokenizer="qwen_tokenizer", hidden=896,
+                      layers=24, heads=14, num_key_value_heads=2, intermediate_size=4864),
+}
+TINY = dict(hidden=64, layers=2, heads=4, num_key_value_heads=2, intermediate_size=128)
 HYPER = dict(learning_rate=1e-5, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-12, weight_decay=0.0,
              warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=2.0, num_train_epochs=1)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12}  # dense bf16, vendor datasheet
 SEED = 1234
 
 
+def shape_of(args, shape: str) -> dict:
+    return SHAPES[shape] | (TINY if args.tiny else {})
+
+
+def shape_tokenizer(args, shape: str):
+    """The shape's real tokenizer, plus the chat tokens."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from trainer.tokens import add_chat_tokens
+
+    source = getattr(args, shape_of(args, shape)["tokenizer"])
+    if not source:
+        sys.exit(f"--shapes {shape} needs --{shape_of(args, shape)['tokenizer'].replace('_', '-')}")
+    if shape_of(args, shape)["architecture"] == "gpt_neox":
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=source, eos_token="<|endoftext|>",
+                                            bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    add_chat_tokens(tokenizer)
+    return tokenizer
+
+
 def model_dir(args, shape: str) -> Path:
     """The random-weight model with the tokenizer (+ chat tokens), saved once per shape (bf16 on a GPU)."""
-    path = Path(args.work) / f"pythia-{shape}-shape"
+    path = Path(args.work) / f"{'tiny-' if args.tiny else ''}{shape}-shape"
     if (path / "config.json").is_file():
         return path
     import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     from trainer.tiny import model_config
-    from trainer.tokens import add_chat_tokens, padded_vocab_size
+    from trainer.tokens import padded_vocab_size
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=args.tokenizer, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    add_chat_tokens(tokenizer)
+    tokenizer = shape_tokenizer(args, shape)
     torch.manual_seed(0)
-    config = model_config("gpt_neox", padded_vocab_size(tokenizer), **SHAPES[shape], max_positions=2048)
+    spec = shape_of(args, shape)
+    config = model_config(spec["architecture"], padded_vocab_size(tokenizer), hidden=spec["hidden"],
+                          layers=spec["layers"], heads=spec["heads"], max_positions=2048)
+    for key in ("num_key_value_heads", "intermediate_size"):
+        if key in spec and spec["architecture"] != "gpt_neox":
+            setattr(config, key, spec[key])
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     cuda = torch.cuda.is_available()
     with torch.device("cuda" if cuda else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
@@ -104,16 +157,19 @@ def model_dir(args, shape: str) -> Path:
 
 
 def matmul_params(path: Path) -> int:
-    """N of the MFU formula: every parameter but the input embedding (the head is a matmul, the lookup is not)."""
+    """N of the MFU formula: every parameter but the input embedding (the head is a matmul, the lookup is not;
+    a head tied to the embedding counts once, as the head)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    tied = head.numel() if head is embedding else 0
+    return sum(p.numel() for p in model.parameters()) - embedding.numel() + tied
 
 
-def delphi_config(args, path: Path, mode: str, output_dir: Path, **overrides):
+def delphi_config(args, path: Path, mode: str, output_dir: Path, shape: str, **overrides):
     """Every arm's settings as Delphi's config; `--samples` threads drawn once from the seed (the draw the
     baselines take too: `drawn_samples`)."""
     import torch
@@ -124,6 +180,7 @@ def delphi_config(args, path: Path, mode: str, output_dir: Path, **overrides):
                               "size": args.samples}}
     return TrainConfig.of(model_name=str(path), dtype="bf16" if torch.cuda.is_available() else "fp32",
                           residual_dropout=0.0, mode=mode, datasets=[oasst], max_length=args.max_length,
+                          prompt_format=shape_of(args, shape)["format"],
                           cache_dir=str(Path(args.work) / "data"), per_device_train_batch_size=args.batch,
                           gradient_accumulation_steps=1, sort_by_length=True, packing=True, use_flash_attention=True,
                           output_dir=str(output_dir), save_steps=10**6, eval_steps=10**6, logging_steps=10**6,
@@ -229,10 +286,10 @@ def run_arm(args) -> None:
         from trainer.recipe import run
 
         extra = {"padding_free": True, "compile": args.compile} if args.arm == "delphi-padding-free" else {}
-        config = delphi_config(args, path, args.mode, output_dir, **extra)
+        config = delphi_config(args, path, args.mode, output_dir, args.shape, **extra)
         run(config, callbacks=[meter.callback(logged=True)])
     else:
-        config = delphi_config(args, path, args.mode, output_dir)
+        config = delphi_config(args, path, args.mode, output_dir, args.shape)
         (built,) = build_datasets(config.data, tokenizer)
         baseline(args.arm, config, tokenizer, drawn_samples(config, built), meter)
     sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
@@ -272,14 +329,17 @@ def baseline(arm: str, config, tokenizer, samples, meter) -> None:
     if arm == "trl-padding-free":
         from trl import SFTConfig, SFTTrainer
 
-        data = samples.map(lambda s: {"completion_mask": [int(x != -100) for x in s["labels"]]},
-                           remove_columns=["labels", "length", "trained"])
+        # The chat template's assistant turns as TRL's assistant mask, else the prompt-format's reply tokens as a
+        # completion mask: what Delphi trains, either way.
+        mask = "assistant_masks" if config.data.prompt_format == "chat_template" else "completion_mask"
+        data = samples.map(lambda s: {mask: [int(x != -100) for x in s["labels"]]},
+                           remove_columns=[c for c in samples.column_names if c != "input_ids"])
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, padding_free=True, max_length=None,
-                                                         completion_only_loss=True),
+                                                         completion_only_loss=mask == "completion_mask"),
                              train_dataset=data, processing_class=tokenizer, callbacks=[meter.callback()])
     else:
         trainer = Trainer(model=model, args=TrainingArguments(**common, train_sampling_strategy="group_by_length"),
-                          train_dataset=samples.remove_columns(["length", "trained"]), processing_class=tokenizer,
+                          train_dataset=samples.select_columns(["input_ids", "labels"]), processing_class=tokenizer,
                           data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8,
                                                                label_pad_token_id=-100),
                           callbacks=[meter.callback()])
@@ -297,10 +357,12 @@ def child_env(arm: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", required=True, help="the GPT-NeoX-20B tokenizer.json")
+    parser.add_argument("--tokenizer", help="the GPT-NeoX-20B tokenizer.json (1.4b, 410m)")
     parser.add_argument("--oasst", required=True, help="an OASST tree export (en_100_tree.jsonl)")
-    parser.add_argument("--tiny", action="store_true", help="a hidden-64 model instead of the Pythia shapes (CPU)")
-    parser.add_argument("--shapes", nargs="+", default=["1.4b", "410m"], choices=["1.4b", "410m"])
+    parser.add_argument("--llama-tokenizer", help="the Llama 3.2 tokenizer directory (llama-1b)")
+    parser.add_argument("--qwen-tokenizer", help="the Qwen2.5 tokenizer directory (qwen-0.5b)")
+    parser.add_argument("--tiny", action="store_true", help="every shape shrunk to hidden 64 x 2 layers (CPU)")
+    parser.add_argument("--shapes", nargs="+", default=["1.4b", "410m"], choices=list(SHAPES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--samples", type=int, default=512, help="threads every arm trains on (one epoch)")
@@ -323,11 +385,12 @@ def main() -> None:
         run_arm(args)
         return
     started = time.perf_counter()
-    shapes = ["tiny"] if args.tiny else args.shapes
+    shapes = args.shapes
     Path(args.work).mkdir(parents=True, exist_ok=True)
     out = Path(args.out or args.work)
     out.mkdir(parents=True, exist_ok=True)
-    prepare_data(args, model_dir(args, shapes[0]))
+    for shape in shapes:
+        prepare_data(args, model_dir(args, shape), shape)
     results = []
     for shape in shapes:
         params = matmul_params(model_dir(args, shape))
@@ -340,12 +403,12 @@ def main() -> None:
     print(text)
 
 
-def prepare_data(args, path: Path) -> None:
-    """Builds and caches the tokenized threads once, so the arms only memory-map them."""
+def prepare_data(args, path: Path, shape: str) -> None:
+    """Builds and caches the tokenized threads once per tokenizer, so the arms only memory-map them."""
     from trainer.data.build import build_datasets
     from trainer.tokens import load_tokenizer
 
-    config = delphi_config(args, path, "full", Path(args.work) / "runs")
+    config = delphi_config(args, path, "full", Path(args.work) / "runs", shape)
     build_datasets(config.data, load_tokenizer(str(path), args.max_length))
 
 
@@ -359,8 +422,11 @@ def run_child(args, shape: str, mode: str, arm: str, started: float) -> dict:
     result.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--arm", arm, "--mode", mode, "--shape", shape, "--result", str(result),
                *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("tokenizer", "oasst", "samples", "batch",
-                                                                          "max_length", "warmup", "work")),
-               *(["--compile"] if args.compile else [])]
+                                                                          "max_length", "warmup", "work")
+                 if getattr(args, k) is not None),
+               *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("llama_tokenizer", "qwen_tokenizer")
+                 if getattr(args, k)),
+               *(["--compile"] if args.compile else []), *(["--tiny"] if args.tiny else [])]
     begin = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=child_env(arm),

@@ -1,9 +1,12 @@
 """Training throughput benchmark: Delphi beside what users would run instead, on the same tokenized samples.
 
     python benchmarks/train_throughput.py [--steps 4] [--repeats 1] [--modes full lora] [--delphi-layout sort]
+        [--shape pythia-70m | llama]
 
-Model: the Pythia-70M shape (GPT-NeoX, hidden 512, 6 layers, 8 heads, intermediate 2048, rotary_pct 0.25) with
-random weights and the real GPT-NeoX-20B tokenizer + the chat tokens (50,288 embedding rows). Data: the OASST
+Model (`--shape`): the Pythia-70M shape (GPT-NeoX, hidden 512, 6 layers, 8 heads, intermediate 2048, rotary_pct
+0.25) with random weights and the real GPT-NeoX-20B tokenizer + the chat tokens (50,288 embedding rows); or a
+Llama of the same width and depth (hidden 512, 6 layers, 8 query / 4 key-value heads, SwiGLU 1024, RMSNorm, the
+head tied to the embedding) with the real Llama 3.2 tokenizer + the chat tokens (128,272 rows). Data: the OASST
 threads of DELPHI_REFERENCE_DATA/oasst/en_100_tree.jsonl through Delphi's own builder (oasst format, max_length
 512); every arm trains the same `steps x batch x accumulation` samples (a fixed random pick), fp32, batch 4 x
 accumulation 2, the same optimizer (transformers' default: fused AdamW), learning rate and schedule, for the
@@ -54,23 +57,38 @@ def reference_data() -> Path:
     return Path(value)
 
 
-def prepare() -> Path:
-    """The tokenizer + Pythia-70M-shaped model directory, saved once; the tokenized data is cached by Delphi."""
-    model_dir = WORK / "pythia-70m-shape"
+def shape_tokenizer(shape: str):
+    """The shape's real tokenizer, plus the chat tokens."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from trainer.tokens import add_chat_tokens
+
+    if shape == "llama":
+        tokenizer = AutoTokenizer.from_pretrained(reference_data() / "model_tokenizers/llama-3.2-3b-instruct")
+    else:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(reference_data() / "tokenizers/gpt-neox-20b/20B_tokenizer.json"),
+            eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    add_chat_tokens(tokenizer)
+    return tokenizer
+
+
+def prepare(shape: str) -> Path:
+    """The tokenizer + model directory of the shape, saved once; the tokenized data is cached by Delphi."""
+    model_dir = WORK / f"{shape}-shape"
     if (model_dir / "model.safetensors").is_file():
         return model_dir
     import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     from trainer.tiny import model_config
-    from trainer.tokens import add_chat_tokens, padded_vocab_size
+    from trainer.tokens import padded_vocab_size
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(reference_data() / "tokenizers/gpt-neox-20b/20B_tokenizer.json"),
-        eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    add_chat_tokens(tokenizer)
+    tokenizer = shape_tokenizer(shape)
     torch.manual_seed(0)
-    config = model_config("gpt_neox", padded_vocab_size(tokenizer), hidden=512, layers=6, heads=8)
+    architecture = "llama" if shape == "llama" else "gpt_neox"
+    config = model_config(architecture, padded_vocab_size(tokenizer), hidden=512, layers=6, heads=8)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -145,7 +163,7 @@ def install_clock(clock: StepClock):
     return Mark()
 
 
-def run_arm(arm: str, mode: str, steps: int, layout: str) -> dict:
+def run_arm(arm: str, mode: str, steps: int, layout: str, shape: str) -> dict:
     """One arm in this process: load, train `steps` optimizer steps, report the clock and the peak memory."""
     import datasets
     import torch
@@ -155,8 +173,8 @@ def run_arm(arm: str, mode: str, steps: int, layout: str) -> dict:
 
     datasets.disable_progress_bars()
     torch.manual_seed(SEED)
-    model_dir = prepare()
-    output_dir = WORK / "runs" / f"{arm}-{mode}"
+    model_dir = prepare(shape)
+    output_dir = WORK / "runs" / f"{shape}-{arm}-{mode}"
     shutil.rmtree(output_dir, ignore_errors=True)  # train() would resume from an earlier run's checkpoint
     config = delphi_config(model_dir, mode, layout, output_dir, steps * BATCH * ACCUMULATION)
     tokenizer = load_tokenizer(str(model_dir), MAX_LENGTH)
@@ -222,21 +240,22 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["full", "lora"], choices=["full", "lora"])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--delphi-layout", default="sort+pack", choices=["sort", "pack", "sort+pack"])
+    parser.add_argument("--shape", default="pythia-70m", choices=["pythia-70m", "llama"])
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.mode, args.steps, args.delphi_layout)))
+        print(json.dumps(run_arm(args.arm, args.mode, args.steps, args.delphi_layout, args.shape)))
         return
     reference_data()
     WORK.mkdir(parents=True, exist_ok=True)
-    prepare()
+    prepare(args.shape)
     results: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):  # interleaved, so a noisy minute hits every arm alike
         for mode in args.modes:
             for arm in args.arms:
                 command = [sys.executable, __file__, "--arm", arm, "--mode", mode, "--steps", str(args.steps),
-                           "--delphi-layout", args.delphi_layout]
+                           "--delphi-layout", args.delphi_layout, "--shape", args.shape]
                 done = subprocess.run(command, capture_output=True, text=True, env=child_env(arm))
                 if done.returncode != 0:
                     print(f"{arm} {mode} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -249,7 +268,9 @@ def main() -> None:
 
 
 def report(results: dict[tuple[str, str], list[dict]], args) -> None:
-    print(f"Pythia-70M shape (GPT-NeoX 512x6, 50,288 vocab, random weights), OASST threads at max_length "
+    model = ("Llama shape (512x6, GQA 8/4, tied, 128,272 vocab" if args.shape == "llama"
+             else "Pythia-70M shape (GPT-NeoX 512x6, 50,288 vocab")
+    print(f"{model}, random weights), OASST threads at max_length "
           f"{MAX_LENGTH}, fp32, batch {BATCH} x accum {ACCUMULATION}, {args.steps} optimizer steps (first untimed), "
           f"median of {args.repeats}; delphi layout: {args.delphi_layout}; {os.cpu_count()} CPUs, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}, load average "

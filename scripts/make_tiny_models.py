@@ -1,5 +1,7 @@
-"""Builds the demo's tiny models into .cache/tiny/<architecture>: random weights, real GPT-NeoX / MPT / Falcon
-architectures, and a byte-level BPE tokenizer trained on the bundled data with the real special tokens.
+"""Builds the demo's tiny models into .cache/tiny/<architecture>: random weights, every registered architecture
+(GPT-NeoX, MPT, Falcon, Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3, Phi-3), and a byte-level BPE tokenizer
+trained on the bundled data with the real special tokens (Gemma 2, Gemma 3 and Phi-3: their instruct checkpoints'
+special tokens and chat template, `trainer.tiny.TINY_CHATS`).
 A user with a hub passes a hub name as `--model_name` instead and never needs this."""
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer.architectures import ARCHITECTURES  # noqa: E402
 from trainer.paths import CHECKOUT as REPO_ROOT  # noqa: E402
-from trainer.tiny import save_tiny_model, train_tokenizer  # noqa: E402
+from trainer.tiny import TINY_CHATS, save_tiny_model, train_chat_tokenizer, train_tokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -25,8 +27,9 @@ def main() -> None:
              for line in p.read_text(encoding="utf-8").splitlines()]
     tokenizer = train_tokenizer(texts)
     for architecture in ARCHITECTURES:
-        save_tiny_model(out / architecture, architecture, tokenizer)
-        print(f"{architecture}: {out / architecture} ({len(tokenizer)} tokens)")
+        chosen = train_chat_tokenizer(texts, architecture) if architecture in TINY_CHATS else tokenizer
+        save_tiny_model(out / architecture, architecture, chosen)
+        print(f"{architecture}: {out / architecture} ({len(chosen)} tokens)")
 
 
 if __name__ == "__main__":

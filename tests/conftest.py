@@ -38,15 +38,38 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer, tmp_path_factory):
-    """`tiny_model_dir("gpt_neox" | "mpt" | "falcon")`: a saved random tiny model with the fixture tokenizer."""
+    """`tiny_model_dir(model_type, tokenizer=None)`: a saved random tiny model of any registered architecture
+    (`trainer.architectures`: "gpt_neox", "mpt", "falcon", "llama", "qwen2", "qwen3", "mistral", "gemma2",
+    "gemma3_text", "phi3") with the fixture tokenizer, or with `tokenizer` (e.g. a real one from the reference data:
+    the embedding then has its rows, and the directory carries it and its chat template). Made once per session."""
     from trainer.tiny import save_tiny_model
 
-    made: dict[str, Path] = {}
+    made: dict[tuple[str, int], tuple[object, Path]] = {}  # keeps each tokenizer alive, so its id stays its own
 
-    def make(architecture: str) -> Path:
-        if architecture not in made:
-            made[architecture] = save_tiny_model(tmp_path_factory.mktemp(architecture), architecture, tokenizer)
-        return made[architecture]
+    def make(architecture: str, with_tokenizer=None) -> Path:
+        chosen = tokenizer if with_tokenizer is None else with_tokenizer
+        key = (architecture, id(chosen))
+        if key not in made:
+            name = architecture if with_tokenizer is None else f"{architecture}-{len(made)}"
+            made[key] = chosen, save_tiny_model(tmp_path_factory.mktemp(name), architecture, chosen)
+        return made[key][1]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_tokenizer():
+    """`tiny_chat_tokenizer(model_type)`: a BPE trained on data/ carrying the special tokens and the chat template of
+    the family's instruct checkpoint (`trainer.tiny.TINY_CHATS`: gemma2, gemma3_text, phi3, whose real tokenizers
+    are not in the reference data); `tiny_model_dir(model_type, tiny_chat_tokenizer(model_type))` is its model."""
+    from trainer.tiny import train_chat_tokenizer
+
+    made: dict[str, object] = {}
+
+    def make(model_type: str):
+        if model_type not in made:
+            made[model_type] = train_chat_tokenizer(_bundled_texts(), model_type)
+        return made[model_type]
 
     return make
 

@@ -422,6 +422,49 @@ case("tokenizer", "data-command-foreign", ("data", "--config_file", "{W}/base.ya
 case("tokenizer", "export-tokenizer-empty-vocab", ("export", "{W}/emptied-tokenizer", "{C}/out"),
      "its tokenizer fails the check prompts")
 
+# `prompt_format: chat_template`: the tokenizer's own template renders the data; each refusal names the sample
+def with_template(template: str) -> Callable[[Path], None]:
+    def change(directory: Path) -> None:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return change
+
+
+LOOP = "{% for m in messages %}"
+GENERATION = "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+CHATML_LIKE = (LOOP + "{% if m.role == 'user' %}{{ '<|prompter|>' + m.content + eos_token }}"
+               "{% else %}{{ '<|assistant|>' + m.content + eos_token }}{% endif %}" + GENERATION)
+NO_SYSTEM = (LOOP + "{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             + CHATML_LIKE[len(LOOP):])
+ALTERNATING = (LOOP + "{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles "
+               "must alternate user/assistant') }}{% endif %}" + CHATML_LIKE[len(LOOP):])
+SPACED = (LOOP + "{% if m.role == 'user' %}{{ 'User: ' + m.content + '\\n' }}{% else %}{{ 'Assistant: ' + m.content"
+          " + eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}")
+PLAIN_END = (LOOP + "{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+CHAT = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+WITH_SYSTEM = {"messages": [{"role": "system", "content": "Be kind."}, *CHAT["messages"]]}
+TOOL_CALL = {"messages": [{"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "tool_calls": [{"function": {"name": "w", "arguments": {}}}]},
+                          {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]}
+TEMPLATE_CASES = [
+    ("system-refused", NO_SYSTEM, WITH_SYSTEM, "d.jsonl:1: the chat template of '{C}/tok' refuses this conversation: "
+                                               "System role not supported"),
+    ("alternation-refused", ALTERNATING, WITH_SYSTEM, "refuses this conversation: Conversation roles must alternate"),
+    ("tool-call-not-rendered", CHATML_LIKE, TOOL_CALL, "does not render the tool_calls of turn 1"),
+    ("parity-reply-merges-into-prompt", SPACED, {"messages": [CHAT["messages"][0], {"role": "assistant",
+                                                                                   "content": "the end."}]},
+     "training has ' the' (id"),
+    ("turn-ends-without-special-token", PLAIN_END, CHAT, "not with a special token a server could stop at"),
+]
+CHAT_TEMPLATE = ("--prompt_format", "chat_template", "--tokenizer_name", "{C}/tok")
+case("tokenizer", "chat-template-missing", (*TRAIN, "--prompt_format", "chat_template"), "has no chat template")
+for name, template, record, expect in TEMPLATE_CASES:
+    def setup(c: Path, w: Path, template=template, record=record) -> None:
+        copy_of("tokenizers/own", "tok", with_template(template))(c, w)
+        write("d.jsonl", lines(record))(c, w)
+    case("tokenizer", f"chat-template-{name}", (*data("messages"), *CHAT_TEMPLATE), expect, setup)
+
 # ----------------------------------------------------------------------------------------------------------
 # Sweep state
 

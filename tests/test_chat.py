@@ -1,5 +1,6 @@
 """Chat: loading training outputs, the IPU sampling controls, stopping at the end key, history truncation and the
-EXAMPLE_PROMPTS mode, on tiny GPT-NeoX models taught one conversation through the training encoder."""
+EXAMPLE_PROMPTS mode, on tiny GPT-NeoX (and Llama, Gemma 2) models taught one conversation through the training
+encoder."""
 from __future__ import annotations
 
 import io
@@ -62,13 +63,13 @@ def taught_model(directory: Path, base: Path, format_name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def taught(tiny_model_dir, tmp_path_factory):
-    made: dict[str, Path] = {}
+    made: dict[tuple[str, str], Path] = {}
 
-    def make(format_name: str) -> Path:
-        if format_name not in made:
-            made[format_name] = taught_model(tmp_path_factory.mktemp(format_name), tiny_model_dir("gpt_neox"),
-                                             format_name)
-        return made[format_name]
+    def make(format_name: str, architecture: str = "gpt_neox") -> Path:
+        if (format_name, architecture) not in made:
+            made[format_name, architecture] = taught_model(tmp_path_factory.mktemp(format_name),
+                                                           tiny_model_dir(architecture), format_name)
+        return made[format_name, architecture]
 
     return make
 
@@ -80,11 +81,14 @@ def expected_transcript(exchanges) -> str:
     return "\n".join(lines + ["Prompter: AUTO ", ""])
 
 
-@pytest.mark.parametrize("format_name", ["oasst", "plain"])
-def test_example_prompts_mode_answers_each_prompt_in_the_trained_format_and_exits_0(taught, format_name, capsys,
+@pytest.mark.parametrize("format_name, architecture", [("oasst", "gpt_neox"), ("plain", "gpt_neox"),
+                                                       ("oasst", "llama"), ("plain", "gemma2")])
+def test_example_prompts_mode_answers_each_prompt_in_the_trained_format_and_exits_0(taught, format_name,
+                                                                                    architecture, capsys,
                                                                                     monkeypatch):
+    """Gemma 2 generates through its sliding-window cache and soft-capped attention."""
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # else deepspeed (imported by save_pretrained) warns on stdout
-    code = run_chat(["--model", str(taught(format_name)), "--temperature", "0"],
+    code = run_chat(["--model", str(taught(format_name, architecture)), "--temperature", "0"],
                     environ={"EXAMPLE_PROMPTS": json.dumps([q for q, _ in EXCHANGES])})
     captured = capsys.readouterr()
     assert code == 0, captured.err

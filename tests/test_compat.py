@@ -133,6 +133,9 @@ def test_torch_varlen_attention_takes_causal_in_the_form_compat_passes():
 
     (name, value), = compat.varlen_causal_kwargs().items()
     assert name in inspect.signature(varlen_attn).parameters and value in (True, (-1, 0))
+    if name == "window_size":  # a sliding window of W tokens: the W - 1 before each query, as transformers' masks
+        assert compat.varlen_causal_kwargs(16) == {"window_size": (15, 0)}
+    assert "enable_gqa" in inspect.signature(varlen_attn).parameters  # grouped-query heads (Llama 3, Qwen, ...)
 
 
 

@@ -1,5 +1,5 @@
 """Export: adapter merges reproduce the adapter model, the base stays untouched, double merges are refused, the
-IPU export loads under transformers 4.25.1 / tokenizers 0.13.3, MPT and Falcon exports load back today."""
+IPU export loads under transformers 4.25.1 / tokenizers 0.13.3, the other families refuse it and export for hf."""
 from __future__ import annotations
 
 import hashlib
@@ -152,12 +152,14 @@ def test_qlora_merges_into_the_unquantized_base(tiny_model_dir, tokenizer, tmp_p
         torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("architecture,dtype", [("mpt", "fp16"), ("falcon", "bf16")])
-def test_mpt_and_falcon_refuse_ipu_and_export_for_hf(architecture, dtype, tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("architecture,dtype", [("mpt", "fp16"), ("falcon", "bf16"), ("llama", "bf16"),
+                                               ("qwen2", "fp16"), ("gemma2", "bf16"), ("phi3", "fp16")])
+def test_other_families_refuse_ipu_and_export_for_hf(architecture, dtype, tiny_model_dir, tmp_path, capsys):
     source = tiny_model_dir(architecture)
     assert delphi(["export", str(source), str(tmp_path / "ipu"), "--target", "ipu"]) == 2
     message = capsys.readouterr().err
-    assert f"is a {architecture} model" in message and "--target hf" in message
+    assert f"is a {architecture} model" in message and "GPT-NeoX only" in message and "--target hf" in message
+    assert sum("--target ipu:" in line for line in message.splitlines()) == 1
     assert not (tmp_path / "ipu").exists()
 
     result = export(source, tmp_path / "hf", target="hf", dtype=dtype)

@@ -90,3 +90,21 @@ def test_without_grad_only_the_loss_is_computed():
         loss = linear_cross_entropy(hidden, weight, targets, b, chunk_size=4)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, _reference(hidden, weight, targets, b).detach(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("softcap", [30.0, 0.5])  # Gemma 2's final-logit cap, and one that bites hard
+def test_soft_capped_logits_match_the_capped_full_logits(softcap):
+    hidden, weight, b, targets = _inputs(21, seed=21, weight_grad=True, bias=True)
+
+    def capped(h, w, t, bias):
+        return F.cross_entropy(softcap * torch.tanh(F.linear(h, w, bias).float() / softcap), t, reduction="sum")
+
+    loss, grads = _loss_and_grads(lambda h, w, t, bias: linear_cross_entropy(h, w, t, bias, chunk_size=8,
+                                                                             softcap=softcap),
+                                  hidden, weight, b, targets, scale=0.5)
+    ref_loss, ref_grads = _loss_and_grads(capped, hidden, weight, b, targets, scale=0.5)
+    uncapped, _ = _loss_and_grads(_reference, hidden, weight, b, targets, scale=0.5)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
+    assert abs(loss - uncapped) > 1e-3  # the cap changed the loss
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,8 @@
 """summed_token_loss through real tiny models: the collator's trained indices and the chunked output layer give
-today's loss and gradients (boolean mask, logits of the trained positions), with and without LoRA."""
+today's loss and gradients (boolean mask, logits of the trained positions), with and without LoRA, for every
+family: with the output head tied to the input embedding (Llama 3.2, Qwen2.5/Qwen3 small, Gemma; also the tiny MPT
+and Falcon), the chunked head uses the one shared weight, whose gradient sums both uses; Gemma 2's final-logit
+soft-capping is applied by the chunked loss as by the model's own head."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +15,9 @@ from trainer.loss import summed_token_loss
 
 def _loss_and_grads(model, batch, chunked: bool):
     model.zero_grad()
-    loss, count, outputs = summed_token_loss(model, model.get_output_embeddings(), batch, chunked=chunked)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    loss, count, outputs = summed_token_loss(model, model.get_output_embeddings(), batch, chunked=chunked,
+                                             softcap=softcap)
     (loss / 7).backward()  # any scale: the Trainer divides by the step's token count
     return loss.detach(), int(count), outputs, {n: p.grad.clone() for n, p in model.named_parameters()
                                                if p.grad is not None}
@@ -23,8 +28,12 @@ def _today(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in ("num_trained_tokens", "trained_index", "trained_targets")}
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "falcon", "mpt"])
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+TIED = {"falcon", "mpt", "llama", "qwen2", "qwen3", "gemma2", "gemma3_text"}
+CASES = [(arch, lora) for arch in ("gpt_neox", "falcon", "mpt", "llama", "gemma2") for lora in (False, True)] + \
+    [(arch, False) for arch in ("qwen2", "qwen3", "mistral", "gemma3_text", "phi3")]
+
+
+@pytest.mark.parametrize("arch, lora", CASES, ids=[f"{a}-{'lora' if l else 'full'}" for a, l in CASES])
 def test_chunked_loss_and_indices_give_todays_loss_and_gradients(tokenizer, tiny_model_dir, arch, lora):
     from peft import LoraConfig, get_peft_model
 
@@ -34,6 +43,7 @@ def test_chunked_loss_and_indices_give_todays_loss_and_gradients(tokenizer, tiny
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     batch = collator(tokenizer)(qa_samples(tokenizer, 5))
     vocab = model.get_output_embeddings().out_features
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == (arch in TIED)
 
     ref_loss, ref_count, ref_outputs, ref_grads = _loss_and_grads(model, _today(batch), chunked=False)
     loss, count, outputs, grads = _loss_and_grads(model, batch, chunked=True)

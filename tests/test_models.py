@@ -51,12 +51,16 @@ def eval_loss(model, inputs) -> float:
 
 
 def residual_dropout_rates(model, architecture: str) -> set[float]:
-    if architecture != "mpt":
-        return {model.config.hidden_dropout}
-    from transformers.models.mpt.modeling_mpt import MptBlock, MptMLP
+    """Where each family keeps it: a config field, MPT's modules, or Delphi's hooks (classes without a place)."""
+    from trainer.architectures import residual_dropout
 
-    return {m.resid_attn_dropout.p for m in model.modules() if isinstance(m, MptBlock)} | \
-        {m.hidden_dropout for m in model.modules() if isinstance(m, MptMLP)}
+    if architecture == "mpt":
+        from transformers.models.mpt.modeling_mpt import MptBlock, MptMLP
+
+        return {m.resid_attn_dropout.p for m in model.modules() if isinstance(m, MptBlock)} | \
+            {m.hidden_dropout for m in model.modules() if isinstance(m, MptMLP)}
+    fields = ARCHITECTURES[architecture].dropout_fields
+    return {getattr(model.config, f) for f in fields} if fields else residual_dropout.rates(model)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -79,13 +83,16 @@ def test_load_train_and_what_changes(architecture, mode, tiny_model_dir, grown_t
     assert model.get_output_embeddings().weight.shape[0] == rows
     assert residual_dropout_rates(base, architecture) == {0.2}
     assert base.is_activation_checkpointing
-    assert loaded.attention == ("eager" if architecture == "mpt" else "sdpa")
+    assert loaded.attention == ("eager" if architecture in ("mpt", "gemma2") else "sdpa")
     assert any(note.startswith(f"attention: {loaded.attention}") for note in loaded.notes)
     if architecture == "mpt":
         assert base.config.max_seq_len == 3000
     quantized = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     adapters = sum(isinstance(m, LoraLayer) for m in model.modules())
-    assert (quantized, adapters) == ((8 if mode == "qlora" else 0), (0 if mode == "full" else 8))
+    linears = 2 * len(ARCHITECTURES[architecture].lora_targets)  # two layers
+    assert (quantized, adapters) == ((linears if mode == "qlora" else 0), (0 if mode == "full" else linears))
+    if mode != "full":  # `all` is every linear layer, as the architecture names them
+        assert f"on {', '.join(sorted(ARCHITECTURES[architecture].lora_targets))}" in " ".join(loaded.notes)
     paged = mode == "qlora" and torch.cuda.is_available()  # paged AdamW only where CUDA can page
     assert loaded.optimizer == ("paged_adamw_32bit" if paged else "adamw_torch_fused")
     if mode == "full":
@@ -170,7 +177,10 @@ def copy_model_files(source, target, names=("config.json", "model.safetensors"))
     ("no_tokenizer", r"model_name: '.*weights_only' holds no tokenizer"),
     ("tokenizer_dir_empty", r"tokenizer_name: '.*empty' holds no tokenizer"),
     ("mpt_flag_on_neox", r"mpt: true, but '.*' is a gpt_neox checkpoint"),
-    ("unknown_architecture", r"model_name: '.*gpt2' is a gpt2 checkpoint; supported: gpt_neox, mpt, falcon"),
+    ("unknown_architecture", r"model_name: '.*gpt2' is a gpt2 checkpoint \(config.json model_type\); supported: "
+                             r"gpt_neox \(GPT-NeoX / Pythia\), mpt \(MPT\), falcon \(Falcon\), "
+                             r"llama \(Llama 2 / 3.x\), qwen2 .*, gemma2 \(Gemma 2\), "
+                             r"gemma3_text \(Gemma 3 \(text\)\), phi3 \(Phi-3 / Phi-3.5\)$"),
     ("lora_target_typo", r"lora_target_modules: dense_4h_to_hh not among the linear layers of .*: dense, "
                          r"dense_4h_to_h, dense_h_to_4h, query_key_value, or 'all'"),
 ])

@@ -6,9 +6,14 @@ What runs where (see the module docstring of trainer/data/collate.py for how eac
   has no CPU backward ("FlexAttention does not support backward on CPU"); its first call compiles with inductor.
 - Falcon: eager and sdpa; flex_attention is refused by transformers (FalconForCausalLM has no flex support).
 - MPT: eager only (sdpa and flex_attention are refused by transformers); isolation is the 4D block mask.
+- Llama, Qwen2, Qwen3, Mistral, Gemma 3 and Phi-3: sdpa (their CPU default), and eager for Llama (the tiny
+  Mistral and Gemma 3 have a 16-token sliding window, which the samples cross, so windowed masks are checked too).
+- Gemma 2: eager only (transformers refuses sdpa: it cannot soft-cap attention logits).
 - flash_attention_2 needs CUDA and flash_attn; it is not run here. Delphi's own `delphi_varlen`
-  (trainer/varlen_attention.py) is: GPT-NeoX hands it the collator's `cu_seq_lens_q/k` and `max_length_q/k`
-  untouched and builds no mask for it; on the CPU it runs SDPA per sample, on CUDA torch's flash varlen kernel.
+  (trainer/varlen_attention.py) is: GPT-NeoX and the modern families but Gemma 2 hand it the collator's
+  `cu_seq_lens_q/k` and `max_length_q/k` untouched and build no mask for it; on the CPU it runs SDPA per sample
+  (grouped-query heads and sliding windows included), on CUDA torch's flash varlen kernel. It refuses Gemma 2's
+  soft-capped attention.
 Both layouts are checked: rows of max_length (for eager/sdpa) and the whole batch in one row (for varlen kernels).
 """
 from __future__ import annotations
@@ -21,8 +26,10 @@ from transformers import AutoModelForCausalLM
 from train_samples import qa_samples
 from trainer.data.collate import DataCollator, packing_isolation
 
-ON_CPU = [("gpt_neox", "eager"), ("gpt_neox", "sdpa"), ("falcon", "eager"), ("falcon", "sdpa"), ("mpt", "eager")]
-REFUSED = [("falcon", "flex_attention"), ("mpt", "sdpa"), ("mpt", "flex_attention")]
+MODERN = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text", "phi3"]  # eager, sdpa and delphi_varlen
+ON_CPU = [("gpt_neox", "eager"), ("gpt_neox", "sdpa"), ("falcon", "eager"), ("falcon", "sdpa"), ("mpt", "eager"),
+          ("llama", "eager"), *[(arch, "sdpa") for arch in MODERN], ("gemma2", "eager")]
+REFUSED = [("falcon", "flex_attention"), ("mpt", "sdpa"), ("mpt", "flex_attention"), ("gemma2", "sdpa")]
 MAX_LENGTH = 48
 
 
@@ -111,15 +118,23 @@ def test_implementations_the_model_class_lacks_are_refused(tiny_model_dir, arch,
         AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), attn_implementation=attention)
 
 
-@pytest.mark.parametrize("one_row", [False, True], ids=["rows", "one-row"])
-def test_gpt_neox_varlen_attention_from_the_collators_kwargs(tiny_model_dir, samples, one_row):
+@pytest.mark.parametrize("arch, one_row", [("gpt_neox", False), ("gpt_neox", True), *[(a, True) for a in MODERN]])
+def test_varlen_attention_from_the_collators_kwargs(tiny_model_dir, samples, arch, one_row):
     from transformers.masking_utils import create_causal_mask
 
     from trainer.varlen_attention import register
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gpt_neox"),
-                                                 attn_implementation=register()).train()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), attn_implementation=register()).train()
     batch = _collator(model, samples, one_row)(samples)
     embeds = model.get_input_embeddings()(batch["input_ids"])
     assert create_causal_mask(model.config, embeds, None, None, batch["position_ids"]) is None  # nothing built
     _assert_packed_equals_separate(model, batch, samples, "sdpa")  # lone samples carry no cu_seq_lens
+
+
+def test_varlen_attention_refuses_gemma2s_soft_capping(tiny_model_dir, samples):
+    from trainer.varlen_attention import register
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("gemma2"), attn_implementation=register())
+    batch = _collator(model, samples, True)(samples)
+    with pytest.raises(ValueError, match="no logit soft-capping"):
+        model(**_model_inputs(batch))

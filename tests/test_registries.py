@@ -48,17 +48,16 @@ def qa_conversation(record: dict[str, Any], where: str, source: str = "qa") -> C
 QA_KIND = DatasetKind("qa", None, 0.25, "path/to/qa.jsonl", record_reader(qa_conversation))
 
 
-def tiny_llama_config(vocab_size: int, hidden: int, layers: int, heads: int, max_positions: int):
-    from transformers import LlamaConfig
+def tiny_olmo2_config(vocab_size: int, hidden: int, layers: int, heads: int, max_positions: int):
+    from transformers import Olmo2Config
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+    return Olmo2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=max_positions, tie_word_embeddings=False, bos_token_id=0,
-                       eos_token_id=0)
+                       max_position_embeddings=max_positions, tie_word_embeddings=False, pad_token_id=None)
 
 
-LLAMA = Architecture("llama", dropout_fields=("attention_dropout",), packing="position_ids",
-                     tiny_config=tiny_llama_config)
+OLMO2 = Architecture("olmo2", dropout_fields=("attention_dropout",), packing="position_ids",
+                     tiny_config=tiny_olmo2_config)
 
 
 def write_marker_target(model, tokenizer, fmt, out: Path, options: WriteOptions) -> dict[str, Any]:
@@ -75,7 +74,7 @@ MARKED = ExportTarget("marked", "a server that reads hf files", ("fp32",), write
 def registered(monkeypatch):
     monkeypatch.setitem(FORMATS, "chatml", ChatMLFormat)
     monkeypatch.setitem(KINDS, "qa", QA_KIND)
-    monkeypatch.setitem(ARCHITECTURES, "llama", LLAMA)
+    monkeypatch.setitem(ARCHITECTURES, "olmo2", OLMO2)
     monkeypatch.setitem(TARGETS, "marked", MARKED)
 
 
@@ -86,7 +85,7 @@ def test_one_entry_per_axis_is_all_a_run_and_its_export_need(registered, tokeniz
     from trainer.tiny import save_tiny_model
     from trainer.tokens import load_tokenizer
 
-    model_dir = save_tiny_model(tmp_path / "llama", "llama", tokenizer)
+    model_dir = save_tiny_model(tmp_path / "olmo2", "olmo2", tokenizer)
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{2 * i}."}) + "\n"
                             for i in range(12)))
@@ -118,7 +117,7 @@ def test_the_help_and_the_errors_list_registered_members(registered, capsys):
     from trainer.help import config_help
 
     text = config_help("delphi train", [])
-    assert "{oasst,airoboros,alpaca,plain,chatml}" in text and "  qa (no hub default, val_split 0.25" in text
+    assert "{oasst,airoboros,alpaca,chat_template,plain,chatml}" in text and "  qa (no hub default, val_split 0.25" in text
     assert TrainConfig.of(prompt_format="chatml").data.prompt_format == "chatml"
     with pytest.raises(Exception, match="unknown dataset 'qaa' .*did you mean 'qa'"):
         TrainConfig.of(datasets=[{"qaa": {"input_file_path": str(CHECKOUT / "x.jsonl")}}])

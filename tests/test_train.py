@@ -135,9 +135,11 @@ def test_loss_is_weighted_by_trained_tokens_across_accumulation(tokenizer, tiny_
         torch.testing.assert_close(grads[2, 2][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("architecture", ["gpt_neox", "qwen2"])
+def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted_run(tokenizer, tiny_model_dir, tmp_path,
+                                                                     architecture):
     samples = qa_samples(tokenizer, 12)
-    model_dir = tiny_model_dir("gpt_neox")
+    model_dir = tiny_model_dir(architecture)
     # 12 samples / batch 2 = 6 batches / accum 2 = 3 steps per epoch; 2 epochs = 6 steps; checkpoint-4 is mid epoch 2
     settings = dict(num_train_epochs=2, gradient_accumulation_steps=2, save_steps=2, save_total_limit=5,
                     lr_scheduler_type="cosine", warmup_steps=1)
@@ -197,12 +199,13 @@ def zero2(tiny_model_dir, tmp_path_factory):
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
     done: dict[str, str] = {}
 
-    def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2, fails: bool = False) -> str:
+    def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2, fails: bool = False,
+                 architecture: str = "gpt_neox") -> str:
         """The run's stdout (its stderr where it `fails`, as expected)."""
         if out not in done:
             proc = subprocess.run(
                 [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-                 "29561", str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir("gpt_neox")), str(tmp_path),
+                 "29561", str(REPO / "tests" / "zero2_worker.py"), str(tiny_model_dir(architecture)), str(tmp_path),
                  out, str(accumulation), str(save_steps)], env=env, capture_output=True, text=True, timeout=300)
             assert (proc.returncode != 0) == fails, proc.stdout[-3000:] + proc.stderr[-5000:]
             done[out] = proc.stderr if fails else proc.stdout
@@ -296,6 +299,22 @@ def test_zero2_on_two_ranks_trains_like_one_rank_with_the_same_step_batch(zero2,
         torch.testing.assert_close(other, value, rtol=0, atol=1e-5, msg=name)
     losses = [[r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r] for run in (two, one)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_zero2_on_two_ranks_trains_a_tied_llama_like_one_rank(zero2):
+    """A modern family (grouped-query attention, the output head tied to the input embedding) under ZeRO-2: two
+    ranks end where one rank with the same step batch ends."""
+    tmp_path, torchrun = zero2
+    torchrun("llama-two", architecture="llama", save_steps=6)
+    torchrun("llama-one", ranks=1, accumulation=4, save_steps=6, architecture="llama")
+    final = [load_file(tmp_path / run / "model.safetensors") for run in ("llama-two", "llama-one")]
+    assert "lm_head.weight" not in final[1]  # saved once, as the embedding it is tied to
+    for name, value in final[1].items():
+        torch.testing.assert_close(final[0][name], value, rtol=0, atol=1e-5, msg=name)
+    losses = [[r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in r]
+              for run in ("llama-two", "llama-one")]
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_entry_point_prints_config_errors_without_traceback(capsys):

@@ -124,8 +124,9 @@ def data_command(argv: list[str]) -> int:
 
     check_writable_dir(config.outputs.output_dir, "output_dir")
     datasets.disable_progress_bars()
-    tokenizer = load_tokenizer(config.model.tokenizer, format_tokens=FORMATS[config.data.prompt_format].required_tokens,
-                               trust_remote_code=config.model.trust_remote_code)
+    fmt_cls = FORMATS[config.data.prompt_format]
+    tokenizer = load_tokenizer(config.model.tokenizer, format_tokens=fmt_cls.required_tokens,
+                               trust_remote_code=config.model.trust_remote_code, chat_tokens=fmt_cls.adds_chat_tokens)
     built = build_datasets(config.data, tokenizer, rebuild=args.extra.get("rebuild", False))
     figures = [dataset_figures(b, config) for b in built]
     print(format_report(built, figures, tokenizer, int(examples)))

@@ -260,13 +260,16 @@ def quiet_peft_model_init() -> Iterator[None]:
 # torch
 
 @functools.cache
-def varlen_causal_kwargs() -> dict:
+def varlen_causal_kwargs(window: int | None = None) -> dict:
     """torch's `varlen_attn` said "causal" as `is_causal=True` in its first releases and as `window_size=(-1, 0)`
-    later."""
+    later, where `(window - 1, 0)` is causal within a sliding window; the first releases have no window."""
     from torch.nn.attention.varlen import varlen_attn
 
-    return {"window_size": (-1, 0)} if "window_size" in inspect.signature(varlen_attn).parameters \
-        else {"is_causal": True}
+    if "window_size" in inspect.signature(varlen_attn).parameters:
+        return {"window_size": (-1 if window is None else window - 1, 0)}
+    if window is not None:
+        raise ValueError("this torch's varlen_attn has no sliding window; use flash_attention_2 or a newer torch")
+    return {"is_causal": True}
 
 
 # ----------------------------------------------------------------------------------------------------------

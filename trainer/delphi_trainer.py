@@ -110,8 +110,10 @@ class DelphiTrainer(TrainerSeams, Trainer):
         return self.flops_per_token * inputs["num_real_tokens"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss_sum, trained, outputs = summed_token_loss(model, output_layer, inputs, chunked=self.chunked_loss)
+        unwrapped = self.accelerator.unwrap_model(model)
+        loss_sum, trained, outputs = summed_token_loss(
+            model, unwrapped.get_output_embeddings(), inputs, chunked=self.chunked_loss,
+            softcap=getattr(unwrapped.config, "final_logit_softcapping", None))
         if model.training:
             self.tokens.add(inputs)
         else:  # evaluation: summed up over the split in `evaluation_loop`

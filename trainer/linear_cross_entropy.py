@@ -19,23 +19,27 @@ CHUNK_SIZE = 1024
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
+                         bias: torch.Tensor | None = None, chunk_size: int = CHUNK_SIZE,
+                         softcap: float | None = None) -> torch.Tensor:
     """Sum over rows of cross_entropy(hidden @ weight.T + bias, targets), an fp32 scalar.
 
     Same loss and gradients as `F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")`,
     autocast included: the matmuls run in the autocast dtype, the softmax in fp32. Every row is a trained token
-    (no ignore index). hidden [N, H], weight [V, H], targets [N]; N may be 0.
+    (no ignore index). hidden [N, H], weight [V, H], targets [N]; N may be 0. `softcap` (Gemma 2's
+    `final_logit_softcapping`) caps the logits to softcap * tanh(logits / softcap) first, as the model's own head
+    does.
     """
     if hidden.is_cuda and len(hidden) and liger_fused_linear_cross_entropy is not None:
         # Liger follows autocast itself (bf16 matmuls, fp32 gradient accumulators for fp32 weights). It reads the
         # target count back with .item() in its forward and compares grad_output with 1 in its backward: two
         # host syncs per call, which the chunked path below does not have.
-        return liger_fused_linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="sum").float()
+        return liger_fused_linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="sum",
+                                                softcap=softcap).float()
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, chunk_size,
-                                                torch.is_grad_enabled())
+                                                torch.is_grad_enabled(), softcap)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -46,7 +50,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     head) costs no gradient matmul."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, dtype, chunk_size, grad_enabled):
+    def forward(ctx, hidden, weight, bias, targets, dtype, chunk_size, grad_enabled, softcap):
         needs_hidden, needs_weight, needs_bias = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         h, w = hidden.to(dtype), weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
@@ -58,6 +62,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             h_chunk, t_chunk = h[rows], targets[rows]
             logits = torch.nn.functional.linear(h_chunk, w, b).float()
+            if softcap is not None:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
             lse = torch.logsumexp(logits, dim=-1)
             loss += (lse - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
             if not (needs_hidden or needs_weight or needs_bias):
@@ -65,6 +72,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             # d(sum CE)/d logits = softmax - one_hot(target), built in place over the fp32 logits.
             grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(len(t_chunk), device=t_chunk.device), t_chunk] -= 1
+            if softcap is not None:  # through softcap * tanh(z / softcap): times 1 - tanh^2
+                grad_logits *= 1 - capped.square_()
             if needs_bias:
                 grad_bias += grad_logits.sum(0)
             grad_logits = grad_logits.to(dtype)
@@ -82,4 +91,4 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grads = tuple(None if g is None else (g * grad_output).to(dtype)
                       for g, dtype in zip(ctx.saved_tensors, ctx.dtypes))
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)

@@ -58,14 +58,16 @@ def score_only(output_layer: torch.nn.Module, index: torch.Tensor, batch_shape: 
 
 
 def summed_token_loss(model: torch.nn.Module, output_layer: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                      chunked: bool = False) -> tuple[torch.Tensor, torch.Tensor, object]:
+                      chunked: bool = False, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Sum of the cross-entropy over trained tokens, their count, and the model outputs.
 
     The caller divides by the trained-token count of the whole optimizer step, so a long answer weighs by its
     tokens, not by the batch it happened to land in. The collator's `trained_index` / `trained_targets` select the
     trained positions without a boolean mask (whose size the host would read back from the GPU every step); a
     batch without them gets the mask. `chunked` (a plain `nn.Linear` output layer only: not a LoRA-adapted or
-    quantized head) never builds the (trained tokens x vocab) logits; `outputs.logits` is then empty.
+    quantized head) never builds the (trained tokens x vocab) logits; `outputs.logits` is then empty, and the
+    model's final-logit soft-capping, which its forward applies after the head, must be given as `softcap`
+    (`final_logit_softcapping`: Gemma 2).
     """
     if chunked and type(output_layer) is not torch.nn.Linear:
         raise ValueError(f"chunked loss needs a plain torch.nn.Linear output layer, got "
@@ -80,7 +82,7 @@ def summed_token_loss(model: torch.nn.Module, output_layer: torch.nn.Module, inp
     with score_only(output_layer, index, labels.shape, chunked) as kept:
         outputs = model(**model_inputs, use_cache=False)
     if chunked:
-        loss = linear_cross_entropy(kept[0], output_layer.weight, targets, output_layer.bias)
+        loss = linear_cross_entropy(kept[0], output_layer.weight, targets, output_layer.bias, softcap=softcap)
     else:
         loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
     return loss, targets.new_full((), targets.numel()), outputs

@@ -1,4 +1,4 @@
-"""Loading the model to fine-tune: GPT-NeoX (Pythia), MPT or Falcon, fully, with LoRA, or 4-bit with LoRA (QLoRA).
+"""Loading the model to fine-tune (any family of `trainer.architectures`), fully, with LoRA, or 4-bit with LoRA (QLoRA).
 
 `check_model_source` reads only config.json (and builds the model on the meta device), so a wrong path, a wrong
 `--mpt`, an unsupported architecture or a misspelt LoRA target fails in about a second, before any weights load.
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainer import compat
-from trainer.architectures import ARCHITECTURES, Architecture
+from trainer.architectures import ARCHITECTURES, Architecture, supported
 from trainer.config import AdapterConfig, ModelConfig
 from trainer.errors import ConfigError, first_line
 from trainer.files import check_safetensors, refused_pickles
@@ -76,8 +76,8 @@ def check_model_source(model: ModelConfig, adapters: AdapterConfig) -> ModelSour
         raise ConfigError(f"mpt: true, but '{name}' is a {model_type} checkpoint (config.json model_type); "
                           f"drop --mpt or point model_name at an MPT checkpoint")
     if model_type not in ARCHITECTURES:
-        raise ConfigError(f"model_name: '{name}' is a {model_type} checkpoint; supported: "
-                          f"{', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"model_name: '{name}' is a {model_type} checkpoint (config.json model_type); "
+                          f"supported: {supported()}")
     if local.exists() and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
         raise ConfigError(f"model_name: '{name}' has config.json but no weights (*.safetensors or *.bin)")
     if local.exists():
@@ -202,7 +202,8 @@ def choose_attention(model: ModelConfig, source: ModelSource, padding_free: bool
 
     Padding-free micro-batches on a GPU go to a varlen kernel where the architecture hands the collator's sequence
     boundaries to its attention (`Architecture.varlen`): flash-attention 2 where `flash_attn` is installed, else
-    torch's own flash varlen kernel. Both skip the work a mask would only hide, and need nothing read back."""
+    torch's own flash varlen kernel where it does all the attention asks (`Architecture.torch_varlen`; not Gemma 2's
+    soft-capping). Both skip the work a mask would only hide, and need nothing read back."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils import is_flash_attn_2_available
 
@@ -217,9 +218,13 @@ def choose_attention(model: ModelConfig, source: ModelSource, padding_free: bool
     if padding_free and source.architecture.varlen and torch.cuda.is_available() and model.dtype != "fp32":
         if flash_2:
             return "flash_attention_2", "padding_free: flash-attention 2 varlen over the collator's sequence bounds"
-        if varlen_attention.available():
+        if source.architecture.torch_varlen and varlen_attention.available():
             return varlen_attention.register(), "padding_free: torch's flash varlen kernel over the collator's " \
                                                  "sequence bounds (no flash_attn package installed)"
+        if not source.architecture.torch_varlen and not model.use_flash_attention:
+            return fallback, (f"padding_free: {model_class.__name__} needs flash-attention 2 for varlen rows (torch's "
+                              f"varlen kernel lacks what its attention does) and flash_attn is not installed; rows "
+                              f"of max_length")
     if not model.use_flash_attention:
         return fallback, "use_flash_attention is false"
     missing = [why for ok, why in (

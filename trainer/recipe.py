@@ -68,8 +68,9 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
                           "`datasets:` list to --configs, or give --datasets")
     source = check_model_source(model, config.adapters)
     check_positions(source, data.max_length, data.val_max_length)
-    tokenizer = load_tokenizer(model.tokenizer, data.max_length, FORMATS[data.prompt_format].required_tokens,
-                               model.trust_remote_code)
+    fmt_cls = FORMATS[data.prompt_format]
+    tokenizer = load_tokenizer(model.tokenizer, data.max_length, fmt_cls.required_tokens, model.trust_remote_code,
+                               fmt_cls.adds_chat_tokens)
     check_tokenizer_fits(source, tokenizer, model)
     # Saved with the tokenizer in every checkpoint and the final output: servers then prompt as training did.
     tokenizer.chat_template = format_for(data, tokenizer).chat_template()

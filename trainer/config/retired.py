@@ -26,7 +26,7 @@ RETIRED_OASST_KEYS = {
     "system_property_dropout": "it only applies to OASST's system tags (see use_system_tag)",
     "system_add_length": "it only applies to OASST's system tags (see use_system_tag)",
     "residual_dropout_lima": "use `residual_dropout` (the same rate in every layer)",
-    "superhot": "RoPE scaling (SuperHOT) is not offered: Delphi trains GPT-NeoX, MPT and Falcon at their positions",
+    "superhot": "RoPE scaling (SuperHOT) is not offered: Delphi trains each model at the positions it was trained for",
     "superhot_config": "RoPE scaling (SuperHOT) is not offered",
     "world_size": "the launcher sets it (`torchrun --nproc_per_node N`, `deepspeed --num_gpus N`)",
 }

@@ -10,6 +10,10 @@ order, so that memory holds a few chunks, never the dataset. The split needs onl
 is known, the train and validation rows are written as index files (in OASST's split order), and the report's
 figures (counts, the length histogram) come from per-row numbers gathered on the way. Everything is written in
 a temporary directory renamed into place at the end: an interrupted build leaves nothing a rerun would trust.
+
+With a model's own chat template (`prompt_format: chat_template`) the build also runs the parity check
+(`trainer.data.parity`) and keeps its record, `parity.json`, beside the Arrow files; the check reads the split in
+memory (at most PARITY_SAMPLES conversations per split are checked).
 """
 from __future__ import annotations
 
@@ -32,11 +36,14 @@ from trainer.data.digests import content_digest
 from trainer.data.kinds.base import DOCUMENTS
 from trainer.data.packing import pack_rows
 from trainer.data.parallel import EncodeJob, default_workers, encoded
-from trainer.data.sources import SourceStream, data_files, open_source, resolve_input_path
+from trainer.data.parity import PARITY_FILE, DataParity, checked_conversations
+from trainer.data.sources import SourceStream, data_files, load_source, open_source, resolve_input_path
 from trainer.data.split import split_indices
 from trainer.data.store import SampleStore
+from trainer.data.tokenize import SegmentEncoder, encode_all
 from trainer.files import check_writable_dir
-from trainer.formats import PromptFormat, format_for
+from trainer.formats import ConversationFormat, format_for
+from trainer.formats.own_template import ChatTemplateFormat
 
 if TYPE_CHECKING:
     import datasets
@@ -58,6 +65,7 @@ class BuiltDataset:
     skipped: list[str] = field(default_factory=list)  # locations of skipped bad lines
     # Per split, [length, number of samples] pairs: the report's percentiles without reading every row.
     length_histogram: dict[str, list[list[int]]] = field(default_factory=dict)
+    parity: dict | None = None  # parity.json, for a model's own chat template
 
 
 def entry_names(data: DataConfig) -> list[str]:
@@ -75,12 +83,12 @@ def build_datasets(data: DataConfig, tokenizer, rebuild: bool = False) -> list[B
     return [_build_one(name, ds, data, tokenizer, fmt, rebuild) for name, ds in zip(entry_names(data), data.datasets)]
 
 
-def renderer_for(ds: DatasetConfig, fmt: PromptFormat) -> PromptFormat:
+def renderer_for(ds: DatasetConfig, fmt: ConversationFormat) -> ConversationFormat:
     """The configured prompt format, or the kind's own renderer (`completion` renders no template)."""
     return ds.kind.render_with(fmt) if ds.kind.render_with else fmt
 
 
-def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: PromptFormat,
+def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: ConversationFormat,
                rebuild: bool) -> BuiltDataset:
     import datasets
 
@@ -99,8 +107,9 @@ def _build_one(name: str, ds: DatasetConfig, data: DataConfig, tokenizer, fmt: P
     train, val = (datasets.Dataset.from_file(str(path / meta["samples"][split]),
                                              indices_filename=str(path / f"{split}.indices.arrow"))
                   for split in SPLITS)
+    parity = json.loads((path / PARITY_FILE).read_text()) if (path / PARITY_FILE).is_file() else None
     return BuiltDataset(name, train, val, meta["counts"], path, from_cache, time.perf_counter() - start,
-                        meta["skipped"], meta["length_histogram"])
+                        meta["skipped"], meta["length_histogram"], parity)
 
 
 def _chunks(units: Iterable[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -117,7 +126,7 @@ def _chunks(units: Iterable[list[Any]]) -> Iterator[list[list[Any]]]:
         yield chunk
 
 
-def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer, directory: Path,
+def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: ConversationFormat, tokenizer, directory: Path,
                      key: str) -> None:
     stream = open_source(ds, data.cache_dir)
     lengths = (data.max_length,) if data.val_max_length in (None, data.max_length) else \
@@ -131,11 +140,28 @@ def _tokenize_source(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tok
         for chunk_blocks in blocks:
             store.add(chunk_blocks)
     train_units, val_units = split_indices(store.units, ds.effective_val_split, ds.manual_seed)
-    _write_meta(stream, store, train_units, val_units, directory, key)
+    counts = _write_meta(stream, store, train_units, val_units, directory, key)
+    if isinstance(fmt, ChatTemplateFormat):
+        _check_parity(ds, data, fmt, tokenizer, counts, directory)
+
+
+def _check_parity(ds: DatasetConfig, data: DataConfig, fmt: ChatTemplateFormat, tokenizer, counts: dict[str, int],
+                  directory: Path) -> None:
+    """The chosen conversations of each split encoded again as training encoded them, checked, recorded."""
+    source = load_source(ds, data.cache_dir)
+    parity = DataParity(fmt, data.label_masking, ds.manual_seed)
+    encoder = SegmentEncoder(tokenizer)
+    for split, convs, max_length in (("train", source.train, data.max_length),
+                                     ("validation", source.val, data.val_max_length or data.max_length)):
+        chosen = checked_conversations(convs, ds.manual_seed)
+        samples, _ = encode_all([c for c in convs if id(c) in chosen], fmt, encoder, max_length, data.label_masking)
+        parity.check(split, samples, chosen, len(convs))
+        parity.splits[split].samples = counts[f"{split}_samples"]  # every kept sample, not only the checked
+    (directory / PARITY_FILE).write_text(json.dumps(parity.record(), indent=1))
 
 
 def _write_meta(stream: SourceStream, store: SampleStore, train_units: np.ndarray, val_units: np.ndarray,
-                directory: Path, key: str) -> None:
+                directory: Path, key: str) -> dict[str, int]:
     """The split's index files, then counts.json (kind counts, split counts, per-split encoding figures), last."""
     counts = stream.split_counts(len(train_units), len(val_units), store.conversations(train_units),
                                  store.conversations(val_units))
@@ -148,9 +174,10 @@ def _write_meta(stream: SourceStream, store: SampleStore, train_units: np.ndarra
     meta = {"counts": counts, "skipped": stream.bad.first, "key": key, "samples": samples,
             "length_histogram": histograms}
     (directory / "counts.json").write_text(json.dumps(meta, indent=1))
+    return counts
 
 
-def cache_key(ds: DatasetConfig, data: DataConfig, fmt: PromptFormat, tokenizer, files: list[Path]) -> str:
+def cache_key(ds: DatasetConfig, data: DataConfig, fmt: ConversationFormat, tokenizer, files: list[Path]) -> str:
     h = hashlib.sha256()
     settings = {
         "version": CACHE_VERSION,

@@ -9,6 +9,7 @@ import numpy as np
 from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
 from trainer.data.collate import DataCollator, training_collator
+from trainer.data.parity import parity_line
 from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler
 from trainer.disk_space import writing
 from trainer.tokens import IGNORE_INDEX
@@ -41,6 +42,7 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "from_cache": built.from_cache,
         "seconds": round(built.seconds, 3),
         "skipped_lines": built.skipped[:20],
+        "parity": built.parity,
     }
 
 
@@ -105,6 +107,8 @@ def format_report(built: list[BuiltDataset], figures: list[dict], tokenizer, exa
         lines.append(f"  train tokens per sample: {pct}")
         lines.append(f"  truncated {f['truncated_fraction']:.1%}  padding {f['padding_fraction']:.1%}  "
                      f"trained-token share {f['trained_share']:.1%} ({f['trained_tokens']:,} of {f['tokens']:,})")
+        if b.parity:
+            lines.append(f"  {parity_line(b.parity)}")
         if f["skipped_lines"]:
             lines.append(f"  skipped bad lines: {', '.join(f['skipped_lines'])}")
         for i in range(min(examples, len(b.train))):

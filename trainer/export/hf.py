@@ -30,5 +30,5 @@ def usage(record: dict[str, Any]) -> list[str]:
             "```", "vLLM: `vllm serve PATH` (its OpenAI-compatible chat endpoint applies the template)."]
 
 
-TARGET = ExportTarget("hf", "transformers, vLLM and TGI (GPT-NeoX, MPT, Falcon)", ("fp16", "bf16", "fp32"),
+TARGET = ExportTarget("hf", "transformers, vLLM and TGI (every family)", ("fp16", "bf16", "fp32"),
                       write_hf, usage)

@@ -39,9 +39,9 @@ def check_ipu_model(hf_config, where: str) -> None:
     """Fails before any weights load when the pipeline could not run this model; names the field and why."""
     if hf_config.model_type != "gpt_neox":
         raise ConfigError(
-            f"--target ipu: {where} is a {hf_config.model_type} model (config.json model_type), but Graphcore's "
-            f"IPU pipeline (DollyPipeline) builds only the GPT-NeoX/Pythia graph and copies weights by GPT-NeoX "
-            f"names, so it cannot serve MPT or Falcon; use --target hf (transformers, vLLM, TGI) instead")
+            f"--target ipu: {where} is a {hf_config.model_type} model (config.json model_type), but the IPU export "
+            f"is GPT-NeoX only: Graphcore's pipeline (DollyPipeline) builds the GPT-NeoX/Pythia graph and copies "
+            f"weights by GPT-NeoX names; use --target hf (transformers, vLLM, TGI) instead")
     for field, (required, why) in GRAPH_REQUIREMENTS.items():
         value = getattr(hf_config, field, required)
         if value != required:
