@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import zstandard
+
 Setup = Callable[[Path, Path], None]  # (case dir, world dir)
 
 
@@ -52,6 +54,21 @@ def write(relative: str, content: str | bytes) -> Setup:
         data = content.replace("{W}", str(w)).replace("{C}", str(c)) if isinstance(content, str) else content
         path.write_bytes(data.encode() if isinstance(data, str) else data)
     return make
+
+
+def table_bytes(columns: dict, parquet: bool = True) -> bytes:
+    """A Parquet file (or an Arrow IPC stream) holding `columns`, as bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    table = pa.table(columns)
+    if parquet:
+        pq.write_table(table, sink)
+    else:
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def lines(*records) -> str:
@@ -206,7 +223,8 @@ case("filesystem", "cache-dir-is-file", (*TRAIN, "--cache_dir", "{C}/cache"), "c
      write("cache", "x"))
 case("filesystem", "cache-dir-unwritable", (*TRAIN, "--cache_dir", "/sys/delphi-fuzz"), "cannot write into '/sys'")
 case("filesystem", "data-missing", data("alpaca", "{C}/missing.json"), "input_file_path '{C}/missing.json' not found")
-case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "not found (or not a file)", write("dir.json/x", "x"))
+case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "dir.json: the directory holds no data files",
+     write("dir.json/x", "x"))
 case("filesystem", "data-unreadable", data("alpaca", "/proc/self/mem"), "/proc/self/mem: cannot read")
 case("filesystem", "model-missing", (*TRAIN, "--model_name", "{C}/no-model"), "model_name: no directory at")
 case("filesystem", "model-no-config", (*TRAIN, "--model_name", "{C}/m"), "has no config.json",
@@ -323,6 +341,24 @@ case("data", "array-bad-utf8", data("alpaca", "{C}/d.json"), "d.json:2: not UTF-
 case("data", "gzip-fake", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the file", write("d.jsonl.gz", "plain"))
 case("data", "gzip-cut", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the file",
      write("d.jsonl.gz", gzip.compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
+case("data", "zstd-cut", data("alpaca", "{C}/d.jsonl.zst"), "cannot decode the file as zstd-compressed JSON",
+     write("d.jsonl.zst", zstandard.ZstdCompressor().compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
+case("data", "parquet-other-columns", data("alpaca", "{C}/d.parquet"),
+     "the alpaca kind needs the column(s) instruction, output; the file has question, answer",
+     write("d.parquet", table_bytes({"question": ["q?"], "answer": ["a."]})))
+case("data", "parquet-cut", data("alpaca", "{C}/d.parquet"), "cannot read the Parquet file (cut short",
+     write("d.parquet", table_bytes({"instruction": ["q?"] * 50, "output": ["a."] * 50})[:300]))
+case("data", "arrow-shard-cut", data("alpaca", "{C}/shards"), "cannot read the Arrow file (cut short",
+     write("shards/data-00000-of-00001.arrow", table_bytes({"instruction": ["q?"] * 50, "output": ["a."] * 50},
+                                                           parquet=False)[:500]))
+case("data", "shards-none", data("alpaca", "{C}/shards"), "the directory holds no data files",
+     write("shards/README.txt", "nothing here"))
+case("data", "hub-offline", (*TRAIN, "--datasets", json.dumps([{"messages": {"hub_name": "someone/big-chats"}}])),
+     "'someone/big-chats' is a hub dataset name and this machine is offline", HF_HUB_OFFLINE="1")
+case("data", "text-not-a-string", data("text"), ":2: field 'text' must be a string, got int 5",
+     write("d.jsonl", lines({"text": "fine"}, {"text": 5})))
+case("data", "completion-missing", data("completion"), ":1: missing field 'completion'",
+     write("d.jsonl", lines({"prompt": "only a prompt"})))
 case("data", "airoboros-missing-response", data("airoboros"), ":1: missing field 'response'",
      write("d.jsonl", lines({"instruction": "Q"})))
 case("data", "airoboros-response-empty", data("airoboros"), ":1: field 'response' is empty",

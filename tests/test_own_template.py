@@ -249,7 +249,8 @@ def test_train_export_and_chat_on_the_models_own_template(tmp_path, tokenizers, 
     assert set(base_stops) | {served.convert_tokens_to_ids(END[name])} <= set(stops)
 
     import datasets
-    train = datasets.Dataset.from_file(str(data_parity.parent / "train.arrow"))
+    entry = data_parity.parent  # the cache entry: every sample in samples.arrow, the train split as indices
+    train = datasets.Dataset.from_file(str(entry / "samples.arrow"), indices_filename=str(entry / "train.indices.arrow"))
     fmt = build_format("chat_template", served)
     for row in train:
         ids, labels = row["input_ids"], row["labels"]

@@ -110,9 +110,13 @@ class DataConfig:
                                                     "per_device_train_batch_size x max_length")
     cache_dir: str = option(".cache", "tokenized-dataset cache; relative dataset paths are looked up here first",
                             resume=FREE)
+    preprocessing_num_workers: int | None = option(None, "processes that tokenize datasets (the output does not "
+                                                         "depend on it); none: one per CPU, at most 8", resume=FREE)
 
     def __post_init__(self) -> None:
         problems = at_least(self, 1, "max_length")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            problems.append(("preprocessing_num_workers", f"must be at least 1, got {self.preprocessing_num_workers}"))
         if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < self.max_length:
             problems.append(("max_tokens_per_batch", f"must be at least max_length ({self.max_length}): a budget "
                                                      f"holds any one sample, got {self.max_tokens_per_batch}"))

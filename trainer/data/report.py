@@ -32,7 +32,8 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "counts": counts,
         "train_samples": n,
         "val_samples": len(built.val),
-        "length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) if n else 0 for p in PERCENTILES},
+        "length_percentiles": {f"p{p}": histogram_percentile(built.length_histogram["train"], p)
+                               for p in PERCENTILES},
         "truncated_fraction": counts.get("train_truncated", 0) / max(n, 1),
         "padding_fraction": padding_fraction(lengths, config, collator),
         "tokens": int(lengths.sum()),
@@ -43,6 +44,25 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "skipped_lines": built.skipped[:20],
         "parity": built.parity,
     }
+
+
+def histogram_percentile(histogram: list[list[int]], p: float) -> int:
+    """`int(np.percentile(lengths, p))` (linear interpolation) from [length, count] pairs in length order: the
+    build gathers lengths as a histogram, bounded by max_length, however many samples there are. 0 when empty."""
+    if not histogram:
+        return 0
+    values = np.array([length for length, _ in histogram], dtype=np.float64)
+    ends = np.cumsum([count for _, count in histogram])
+    position = (int(ends[-1]) - 1) * np.true_divide(p, 100)
+    below = np.floor(position)
+    gamma = position - below
+
+    def order_statistic(k: float) -> float:
+        return values[np.searchsorted(ends, min(k, ends[-1] - 1), side="right")]
+
+    a, b = order_statistic(below), order_statistic(below + 1)
+    # numpy's lerp, including its form for gamma >= 0.5, so that the result is the same float
+    return int(b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma)
 
 
 def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCollator) -> float:

@@ -97,6 +97,10 @@ class SegmentEncoder:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def clear(self) -> None:
+        """Forget every text: a build clears it after each chunk, so that its memory does not grow with the data."""
+        self._ids.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedSample:
@@ -139,11 +143,16 @@ def encode(conv: Conversation, fmt: ConversationFormat, encoder: SegmentEncoder,
 
 def encode_all(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: SegmentEncoder, max_length: int,
                label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
+    """`encode_each`, keeping the samples: those with no trained token are counted in the stats, not kept."""
+    return _kept(encode_each(convs, fmt, encoder, max_length, label_masking))
+
+
+def encode_each(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: SegmentEncoder, max_length: int,
+                label_masking: bool) -> list[EncodedSample | None]:
     """Every conversation, as `encode` would do it one by one, but vectorized for segment-wise formats: rendered
-    once, encoded in one batch, and joined in one numpy pass (samples are views into two shared arrays). Samples
-    with no trained token are counted in the stats, not kept."""
+    once, encoded in one batch, and joined in one numpy pass (samples are views into two shared arrays)."""
     if not fmt.tokenize_segments:
-        return _kept(encode(conv, fmt, encoder, max_length, label_masking) for conv in convs)
+        return [encode(conv, fmt, encoder, max_length, label_masking) for conv in convs]
     rendered = [fmt.render(conv) for conv in convs]
     encoder.prime(segment.text for segments in rendered for segment in segments)
     arrays: list[np.ndarray] = []
@@ -154,7 +163,7 @@ def encode_all(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: 
         trained_flags += [segment.trained for segment in segments]
         segment_counts.append(len(segments))
     if not arrays:
-        return [], EncodeStats()
+        return []
     # Every format renders at least one non-empty segment per sample, so no sample is empty.
     lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
     totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
@@ -168,18 +177,18 @@ def encode_all(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: 
     labels[starts] = IGNORE_INDEX
     trained_counts = np.add.reduceat((labels != IGNORE_INDEX).view(np.int8).astype(np.int32), starts)
 
-    def each() -> Iterable[EncodedSample | None]:
-        for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
-                                                         trained_counts.tolist()):
-            if total > max_length:
-                yield _encode(conv, segments, fmt, encoder, max_length, label_masking)
-            elif trained:
-                yield EncodedSample(input_ids[start:start + total], labels[start:start + total], trained, False, 0,
-                                    conv)
-            else:
-                yield None
-
-    return _kept(each())
+    samples: list[EncodedSample | None] = []
+    for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
+                                                     trained_counts.tolist()):
+        if total > max_length:
+            sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
+        elif trained:
+            sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained, False, 0,
+                                   conv)
+        else:
+            sample = None
+        samples.append(sample)
+    return samples
 
 
 def _kept(samples: Iterable[EncodedSample | None]) -> tuple[list[EncodedSample], EncodeStats]:

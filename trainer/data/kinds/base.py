@@ -1,8 +1,11 @@
 """What a dataset kind is: where its data lives by default, its own options, and how records become
-conversations grouped into the units a train/validation split keeps together."""
+conversations grouped into the units a train/validation split keeps together.
+
+Reading streams: `read` returns an iterator of units and a counts dict that fills in as the iterator is consumed,
+so that a million-record file is never held in memory (an OASST tree export holds one tree at a time)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +14,10 @@ from trainer.data.jsonl import BadRecords, string_field
 from trainer.errors import DataError
 
 Rows = Iterable[tuple[str, dict[str, Any]]]  # (where: "file:line" or hub row, record)
-# Conversations in split units (one tree's threads, or one record's conversation) and the per-step counts.
-Read = Callable[[Rows, Any, BadRecords, str], tuple[list[list[Conversation]], dict[str, int]]]
+# Split units (one tree's threads, one record's conversation, one document's text) as they are read, and the
+# per-step counts, complete once the units are.
+Read = Callable[[Rows, Any, BadRecords, str], tuple[Iterator[list[Any]], dict[str, int]]]
+CONVERSATIONS, DOCUMENTS = "conversations", "documents"  # what a kind's units hold
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,11 @@ class DatasetKind:
     read: Read  # (rows, options, bad records, entry name) -> split units, counts
     options: type | None = None  # frozen dataclass of the kind's own options (`trainer.schema.option` fields)
     unit: str = "sample"  # what the split keeps on one side: "tree" for OASST
+    # The columns a Parquet/Arrow file must have, as alternative sets (OASST: a message table or a tree table).
+    columns: tuple[tuple[str, ...], ...] = ()
+    holds: str = CONVERSATIONS  # DOCUMENTS: units are plain texts, packed into rows of max_length tokens
+    # The renderer used instead of the configured prompt format (`completion` renders no template), given it.
+    render_with: Callable[[Any], Any] | None = None
 
 
 def record_reader(convert: Callable[[dict[str, Any], str, str], Conversation]) -> Read:
@@ -31,14 +41,20 @@ def record_reader(convert: Callable[[dict[str, Any], str, str], Conversation]) -
     a bad record goes to `bad` (raised, or skipped and counted)."""
 
     def read(rows: Rows, options: Any, bad: BadRecords, source: str):
-        units, count = [], 0
-        for where, record in rows:
-            count += 1
-            try:
-                units.append([convert(record, where, source)])
-            except DataError as e:
-                bad.handle(e)
-        return units, {"records_read": count, "samples": len(units)}
+        counts = {"records_read": 0, "samples": 0}
+
+        def units() -> Iterator[list[Any]]:
+            for where, record in rows:
+                counts["records_read"] += 1
+                try:
+                    unit = [convert(record, where, source)]
+                except DataError as e:
+                    bad.handle(e)
+                    continue
+                counts["samples"] += 1
+                yield unit
+
+        return units(), counts
 
     return read
 

@@ -21,4 +21,5 @@ def messages_conversation(record: dict[str, Any], where: str, source: str = "mes
 
 # No default hub dataset: chat datasets differ in their splits (ultrachat_200k has train_sft, test_sft, ...), so
 # `hub_name` is always given.
-KIND = DatasetKind("messages", None, 0.2, "path/to/chat.jsonl", record_reader(messages_conversation))
+KIND = DatasetKind("messages", None, 0.2, "path/to/chat.jsonl", record_reader(messages_conversation),
+                   columns=(("messages",),))
