@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import zstandard
+
 Setup = Callable[[Path, Path], None]  # (case dir, world dir)
 
 
@@ -52,6 +54,21 @@ def write(relative: str, content: str | bytes) -> Setup:
         data = content.replace("{W}", str(w)).replace("{C}", str(c)) if isinstance(content, str) else content
         path.write_bytes(data.encode() if isinstance(data, str) else data)
     return make
+
+
+def table_bytes(columns: dict, parquet: bool = True) -> bytes:
+    """A Parquet file (or an Arrow IPC stream) holding `columns`, as bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    table = pa.table(columns)
+    if parquet:
+        pq.write_table(table, sink)
+    else:
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def lines(*records) -> str:
@@ -225,7 +242,8 @@ case("filesystem", "cache-dir-is-file", (*TRAIN, "--cache_dir", "{C}/cache"), "c
      write("cache", "x"))
 case("filesystem", "cache-dir-unwritable", (*TRAIN, "--cache_dir", "/sys/delphi-fuzz"), "cannot write into '/sys'")
 case("filesystem", "data-missing", data("alpaca", "{C}/missing.json"), "input_file_path '{C}/missing.json' not found")
-case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "not found (or not a file)", write("dir.json/x", "x"))
+case("filesystem", "data-is-dir", data("alpaca", "{C}/dir.json"), "dir.json: the directory holds no data files",
+     write("dir.json/x", "x"))
 case("filesystem", "data-unreadable", data("alpaca", "/proc/self/mem"), "/proc/self/mem: cannot read")
 case("filesystem", "model-missing", (*TRAIN, "--model_name", "{C}/no-model"), "model_name: no directory at")
 case("filesystem", "model-no-config", (*TRAIN, "--model_name", "{C}/m"), "has no config.json",
@@ -342,6 +360,24 @@ case("data", "array-bad-utf8", data("alpaca", "{C}/d.json"), "d.json:2: not UTF-
 case("data", "gzip-fake", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the file", write("d.jsonl.gz", "plain"))
 case("data", "gzip-cut", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the file",
      write("d.jsonl.gz", gzip.compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
+case("data", "zstd-cut", data("alpaca", "{C}/d.jsonl.zst"), "cannot decode the file as zstd-compressed JSON",
+     write("d.jsonl.zst", zstandard.ZstdCompressor().compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
+case("data", "parquet-other-columns", data("alpaca", "{C}/d.parquet"),
+     "the alpaca kind needs the column(s) instruction, output; the file has question, answer",
+     write("d.parquet", table_bytes({"question": ["q?"], "answer": ["a."]})))
+case("data", "parquet-cut", data("alpaca", "{C}/d.parquet"), "cannot read the Parquet file (cut short",
+     write("d.parquet", table_bytes({"instruction": ["q?"] * 50, "output": ["a."] * 50})[:300]))
+case("data", "arrow-shard-cut", data("alpaca", "{C}/shards"), "cannot read the Arrow file (cut short",
+     write("shards/data-00000-of-00001.arrow", table_bytes({"instruction": ["q?"] * 50, "output": ["a."] * 50},
+                                                           parquet=False)[:500]))
+case("data", "shards-none", data("alpaca", "{C}/shards"), "the directory holds no data files",
+     write("shards/README.txt", "nothing here"))
+case("data", "hub-offline", (*TRAIN, "--datasets", json.dumps([{"messages": {"hub_name": "someone/big-chats"}}])),
+     "'someone/big-chats' is a hub dataset name and this machine is offline", HF_HUB_OFFLINE="1")
+case("data", "text-not-a-string", data("text"), ":2: field 'text' must be a string, got int 5",
+     write("d.jsonl", lines({"text": "fine"}, {"text": 5})))
+case("data", "completion-missing", data("completion"), ":1: missing field 'completion'",
+     write("d.jsonl", lines({"prompt": "only a prompt"})))
 case("data", "airoboros-missing-response", data("airoboros"), ":1: missing field 'response'",
      write("d.jsonl", lines({"instruction": "Q"})))
 case("data", "airoboros-response-empty", data("airoboros"), ":1: field 'response' is empty",
@@ -404,6 +440,49 @@ case("tokenizer", "data-command-foreign", ("data", "--config_file", "{W}/base.ya
                                            "--tokenizer_name", "{C}/none"), "no such directory")
 case("tokenizer", "export-tokenizer-empty-vocab", ("export", "{W}/emptied-tokenizer", "{C}/out"),
      "its tokenizer fails the check prompts")
+
+# `prompt_format: chat_template`: the tokenizer's own template renders the data; each refusal names the sample
+def with_template(template: str) -> Callable[[Path], None]:
+    def change(directory: Path) -> None:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return change
+
+
+LOOP = "{% for m in messages %}"
+GENERATION = "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+CHATML_LIKE = (LOOP + "{% if m.role == 'user' %}{{ '<|prompter|>' + m.content + eos_token }}"
+               "{% else %}{{ '<|assistant|>' + m.content + eos_token }}{% endif %}" + GENERATION)
+NO_SYSTEM = (LOOP + "{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+             + CHATML_LIKE[len(LOOP):])
+ALTERNATING = (LOOP + "{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles "
+               "must alternate user/assistant') }}{% endif %}" + CHATML_LIKE[len(LOOP):])
+SPACED = (LOOP + "{% if m.role == 'user' %}{{ 'User: ' + m.content + '\\n' }}{% else %}{{ 'Assistant: ' + m.content"
+          " + eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}")
+PLAIN_END = (LOOP + "{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+CHAT = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+WITH_SYSTEM = {"messages": [{"role": "system", "content": "Be kind."}, *CHAT["messages"]]}
+TOOL_CALL = {"messages": [{"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "tool_calls": [{"function": {"name": "w", "arguments": {}}}]},
+                          {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]}
+TEMPLATE_CASES = [
+    ("system-refused", NO_SYSTEM, WITH_SYSTEM, "d.jsonl:1: the chat template of '{C}/tok' refuses this conversation: "
+                                               "System role not supported"),
+    ("alternation-refused", ALTERNATING, WITH_SYSTEM, "refuses this conversation: Conversation roles must alternate"),
+    ("tool-call-not-rendered", CHATML_LIKE, TOOL_CALL, "does not render the tool_calls of turn 1"),
+    ("parity-reply-merges-into-prompt", SPACED, {"messages": [CHAT["messages"][0], {"role": "assistant",
+                                                                                   "content": "the end."}]},
+     "training has ' the' (id"),
+    ("turn-ends-without-special-token", PLAIN_END, CHAT, "not with a special token a server could stop at"),
+]
+CHAT_TEMPLATE = ("--prompt_format", "chat_template", "--tokenizer_name", "{C}/tok")
+case("tokenizer", "chat-template-missing", (*TRAIN, "--prompt_format", "chat_template"), "has no chat template")
+for name, template, record, expect in TEMPLATE_CASES:
+    def setup(c: Path, w: Path, template=template, record=record) -> None:
+        copy_of("tokenizers/own", "tok", with_template(template))(c, w)
+        write("d.jsonl", lines(record))(c, w)
+    case("tokenizer", f"chat-template-{name}", (*data("messages"), *CHAT_TEMPLATE), expect, setup)
 
 # ----------------------------------------------------------------------------------------------------------
 # Sweep state
@@ -502,6 +581,35 @@ case("export", "adapter-base-is-adapter", ("export", "{W}/lora", "{C}/out", "--b
      "is itself a peft adapter")
 case("export", "chat-final-save-cut", ("chat", "--model", "{C}/run"), "did not finish saving its final model",
      copy_of("run", "run", remove("tokenizer.json", "tokenizer_config.json")))
+
+# ----------------------------------------------------------------------------------------------------------
+# Scaling out: strategy combinations that cannot work, refused before any weight loads
+
+
+def huge_config(directory: Path) -> None:
+    """The tiny model's directory claiming a 70B-class shape in config.json (the weights are never read)."""
+    config = json.loads((directory / "config.json").read_text())
+    config.update(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, intermediate_size=28672)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+case("scale", "fsdp-and-deepspeed", (*TRAIN, "--fsdp", "full_shard", "--deepspeed"), "choose one engine")
+case("scale", "fsdp-unknown", (*TRAIN, "--fsdp", "fully"), "'fsdp' must be one of full_shard, shard_grad_op")
+case("scale", "8bit-optimizer-on-cpu", (*TRAIN, "--optim", "adamw_8bit"), "optim: adamw_8bit needs a CUDA GPU")
+case("scale", "paged-optimizer-on-cpu", (*TRAIN, "--optim", "paged_adamw_32bit"), "use optim: adamw_torch")
+case("scale", "qlora-zero3-on-cpu", (*TRAIN, "--mode", "qlora", "--deepspeed", "--deepspeed_config", "zero3"),
+     "on CPU use mode: lora with zero3")
+case("scale", "qlora-zero3-offload", (*TRAIN, "--mode", "qlora", "--deepspeed", "--deepspeed_config",
+                                      "zero3_offload"), "use deepspeed_config: zero3 or fsdp: full_shard")
+case("scale", "deepspeed-config-unknown", (*TRAIN, "--deepspeed", "--deepspeed_config", "zero4"),
+     "one of zero2, zero3, zero3_offload")
+case("scale", "deepspeed-config-not-json", (*TRAIN, "--deepspeed", "--deepspeed_config", "{C}/ds.json"),
+     "ds.json:1: not a readable DeepSpeed JSON", write("ds.json", "{stage: 3}"))
+case("scale", "offload-without-the-memory", (*TRAIN, "--model_name", "{C}/huge", "--deepspeed", "--deepspeed_config",
+                                             "zero3_offload"), "offloading needs about",
+     copy_of("model", "huge", huge_config))
+case("scale", "plan-ranks", ("plan", "--config_file", "{W}/base.yaml", "--configs", "base", "--ranks", "0"),
+     "--ranks must be a whole number of at least 1")
 
 # ----------------------------------------------------------------------------------------------------------
 # Issue 18: inputs that gave tracebacks, hangs or silence, and the inputs accepted by design

@@ -13,11 +13,13 @@ from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.data.sources import load_source
 from trainer.data.tokenize import SegmentEncoder, encode
 from trainer.errors import ConfigError, DataError
-from trainer.formats import FORMATS, format_for
+from trainer.formats import FORMATS, PromptFormat, format_for
 from trainer.paths import CHECKOUT as REPO
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 EXCHANGE = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+
+DELPHI_FORMATS = [name for name, cls in FORMATS.items() if issubclass(cls, PromptFormat)]  # built from pieces
 
 
 def write(tmp_path, name: str, records: list) -> str:
@@ -60,9 +62,12 @@ def test_trailing_user_turns_are_dropped_as_oasst_drops_a_trailing_prompter(tmp_
 
 @pytest.mark.parametrize("kind, record, message", [
     ("messages", {"messages": [{"role": "human", "content": "q"}]},
-     r"chat.jsonl:1: messages\[0\]: role 'human' is not one of system, user, assistant$"),
+     r"chat.jsonl:1: messages\[0\]: role 'human' is not one of system, user, assistant, tool$"),
+    ("messages", {"messages": [*EXCHANGE, {"role": "ipython", "content": "{}"}, EXCHANGE[1]]},
+     r"chat.jsonl:1: messages\[2\]: role 'ipython' is not one of .* \(tool results: role 'tool'\)"),
     ("messages", {"messages": [*EXCHANGE, {"role": "tool", "content": "{}"}, EXCHANGE[1]]},
-     r"chat.jsonl:1: messages\[2\]: role 'tool' is not one of .* \(tool calls are not trained by Delphi\)"),
+     r"chat.jsonl:1: messages\[2\] \(role 'tool'\): tool message where a user message must come; tool results "
+     r"answer the assistant message whose tool_calls precede them"),
     ("sharegpt", sharegpt(("human", "q"), ("function_call", "{}")),
      r"chat.jsonl:1: conversations\[1\]: from 'function_call' is not one of system, human, user, gpt, assistant "
      r"\(tool calls"),
@@ -104,7 +109,7 @@ def test_kind_options_are_checked_like_every_kind():
         TrainConfig.of(datasets=[{"messages": {"lang": "en"}}])
 
 
-@pytest.mark.parametrize("prompt_format", FORMATS)
+@pytest.mark.parametrize("prompt_format", DELPHI_FORMATS)
 def test_system_turn_replaces_the_configured_prefix_in_every_format(tokenizer, prompt_format):
     data = TrainConfig.of(prompt_format=prompt_format, use_system_prefix=True, system_prefix="CONFIGURED").data
     fmt = format_for(data, tokenizer)
@@ -115,7 +120,7 @@ def test_system_turn_replaces_the_configured_prefix_in_every_format(tokenizer, p
     assert own == configured.replace("CONFIGURED", "OWN")
 
 
-@pytest.mark.parametrize("prompt_format", FORMATS)
+@pytest.mark.parametrize("prompt_format", DELPHI_FORMATS)
 def test_only_the_replies_are_trained_and_truncation_keeps_the_system_turn(tokenizer, prompt_format, tmp_path):
     records = [{"messages": [SYSTEM, {"role": "user", "content": f"Question {i}?"},
                              {"role": "assistant", "content": f"Answer number {i}."}]} for i in range(3)]

@@ -7,12 +7,14 @@ import pytest
 
 from trainer.data.conversation import ASSISTANT, PROMPTER, Conversation, Turn
 from trainer.data.tokenize import SegmentEncoder, encode_prompt
-from trainer.formats import FORMATS, build_format
+from trainer.formats import FORMATS, PromptFormat, build_format
 
 TEXTS = ["What is a meme?", "A unit of culture that spreads, like a tune or a phrase.",
          'Who coined the word "meme"?', "Richard Dawkins, in 1976.\nIn The Selfish Gene.",
          "Write {{ braces }} and a backslash \\ for me, s'il vous plaît 🙂", "{{ braces }} \\ ok 🙂"]
 SYSTEMS = {"none": None, "configured": "You are Joi.\nBe brief.", "message": "Reply in \"quotes\" {% if %} ü."}
+
+DELPHI_FORMATS = [name for name, cls in FORMATS.items() if issubclass(cls, PromptFormat)]  # built from pieces
 
 
 def case(exchanges: int, system: str):
@@ -28,7 +30,7 @@ def case(exchanges: int, system: str):
 @pytest.mark.parametrize("tokenizer_fixture", ["tokenizer", "neox20b_tokenizer"])
 @pytest.mark.parametrize("system", SYSTEMS)
 @pytest.mark.parametrize("exchanges", [1, 2, 3])
-@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("name", DELPHI_FORMATS)
 def test_template_renders_what_the_format_renders(request, tokenizer_fixture, name, exchanges, system):
     tokenizer = request.getfixturevalue(tokenizer_fixture)
     turns, messages, configured, in_effect = case(exchanges, system)
@@ -70,7 +72,7 @@ def test_template_renders_what_the_format_renders(request, tokenizer_fixture, na
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
      "add_generation_prompt needs the messages to end with a user message"),
 ])
-@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("name", DELPHI_FORMATS)
 def test_bad_conversations_raise_naming_the_message(tokenizer, name, messages, error):
     from jinja2.exceptions import TemplateError
 

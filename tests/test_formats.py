@@ -184,7 +184,7 @@ def test_generation_prompt_is_the_training_prefix_in_every_format():
 
 def test_prompt_format_follows_the_config(oa_test_tokenizer):
     expected = {"oasst": OasstFormat, "airoboros": AiroborosFormat, "alpaca": AlpacaFormat, "plain": PlainFormat}
-    for name in FORMATS:
+    for name in expected:
         fmt = format_for(TrainConfig.of(prompt_format=name).data, oa_test_tokenizer)
         assert type(fmt) is expected[name] and fmt.system is None and fmt.eos == "<|endoftext|>"
     data = TrainConfig.of(prompt_format="plain", plain_user_name="Alice", plain_bot_name="Bob",

@@ -117,7 +117,7 @@ def test_the_help_and_the_errors_list_registered_members(registered, capsys):
     from trainer.help import config_help
 
     text = config_help("delphi train", [])
-    assert "{oasst,airoboros,alpaca,plain,chatml}" in text and "  qa (no hub default, val_split 0.25" in text
+    assert "{oasst,airoboros,alpaca,chat_template,plain,chatml}" in text and "  qa (no hub default, val_split 0.25" in text
     assert TrainConfig.of(prompt_format="chatml").data.prompt_format == "chatml"
     with pytest.raises(Exception, match="unknown dataset 'qaa' .*did you mean 'qa'"):
         TrainConfig.of(datasets=[{"qaa": {"input_file_path": str(CHECKOUT / "x.jsonl")}}])

@@ -110,7 +110,7 @@ def test_flat_rows_rebuild_the_same_threads(reference_data, tmp_path):
     located = [(f"row {i}", row) for i, (_, row) in enumerate(rows)]
     rules = TreeFilter.from_options(DatasetConfig.of("oasst_export", top_k=2).options)
     counts = new_counts()
-    rebuilt = load_trees(trees_from_records(located, BadRecords(), counts), rules, counts, BadRecords())
+    rebuilt = list(load_trees(trees_from_records(located, BadRecords(), counts), rules, counts, BadRecords()))
     direct = load_source(oasst(path, top_k=2, val_split=0.0), "no-cache")
     assert Counter(thread.turns for tree_threads in rebuilt for thread in tree_threads) == \
         Counter(thread.turns for thread in direct.train)

@@ -11,14 +11,14 @@ import numpy as np
 from trainer.data.conversation import ASSISTANT, PROMPTER, Turn
 from trainer.data.tokenize import SegmentEncoder, encode_prompt, fit_exchanges
 from trainer.errors import RunError
-from trainer.formats import PromptFormat, build_format, detect_format, format_for
+from trainer.formats import ConversationFormat, build_format, detect_format, format_for
 from trainer.generation import Reply, SamplingOptions, generate_reply
 from trainer.inference import InferenceModel, context_length
 
 REPLY_LABEL = "Assistant:"
 
 
-def fit_history(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder, system: str | None,
+def fit_history(turns: Sequence[Turn], fmt: ConversationFormat, encoder: SegmentEncoder, system: str | None,
                 limit: int) -> tuple[np.ndarray, int]:
     """The prompt ids for `turns` (history ending with the new prompter turn) in at most `limit` tokens, and how
     many turns were dropped: whole exchanges, oldest first; the header (system prompt) always stays."""
@@ -27,7 +27,7 @@ def fit_history(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncode
         ids = encode_prompt(kept, fmt, encoder, system)
         return len(ids), ids
 
-    dropped, ids = fit_exchanges(turns, measure, limit, keep=1)
+    dropped, ids = fit_exchanges(turns, measure, limit)
     if len(ids) > limit:
         raise RunError(f"the prompt alone is {len(ids)} tokens, but only {limit} fit the context with the "
                        f"room kept for the reply; shorten it or lower --output_length")
@@ -37,7 +37,7 @@ def fit_history(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncode
 class ChatSession:
     """The history and one model; `respond` adds an exchange, printing the reply as it is generated."""
 
-    def __init__(self, loaded: InferenceModel, fmt: PromptFormat, options: SamplingOptions, system: str | None,
+    def __init__(self, loaded: InferenceModel, fmt: ConversationFormat, options: SamplingOptions, system: str | None,
                  out: TextIO | None = None):
         self.loaded = loaded
         self.fmt = fmt
@@ -64,7 +64,7 @@ class ChatSession:
         return reply
 
 
-def chat_format(loaded: InferenceModel) -> tuple[PromptFormat, str]:
+def chat_format(loaded: InferenceModel) -> tuple[ConversationFormat, str]:
     """The prompt format training used, and a line saying where it came from."""
     if loaded.config is not None:
         how = f"prompt format: {loaded.config.data.prompt_format} (from the run's resolved config)"

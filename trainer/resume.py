@@ -103,7 +103,7 @@ def check_output_dir(config: TrainConfig) -> None:
             data = resolve_input_path(ds.input_file_path, config.data.cache_dir).resolve()
         except DataError:
             continue  # reported with every place tried when the data is read
-        if out in data.parents:
+        if out == data or out in data.parents:
             raise ConfigError(f"{out_key} '{config.outputs.output_dir}' holds datasets[{i}] ({ds.name}) "
                               f"input_file_path '{ds.input_file_path}': training writes and rotates files there; "
                               f"give output_dir a directory of its own")

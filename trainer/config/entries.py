@@ -17,8 +17,12 @@ class DatasetConfig:
     """One entry of the `datasets:` list: the options every kind has, plus the kind's own (`options`)."""
 
     name: str = option("", "the dataset kind")
-    input_file_path: str | None = option(None, "local JSON/JSONL(.gz) file; relative: cache_dir, cwd, repository")
+    input_file_path: str | None = option(None, "local file or directory of shards: JSON/JSONL (.gz, .zst), Parquet, "
+                                               "Arrow; relative: cache_dir, cwd, repository")
     hub_name: str | None = option(None, "hub dataset, used without input_file_path; none: the kind's")
+    hub_config: str | None = option(None, "the hub dataset's configuration (load_dataset's name)")
+    hub_split: str | None = option(None, "the hub dataset's split to read; none: every split, joined")
+    streaming: bool = option(False, "read the hub dataset as it downloads instead of downloading it first")
     val_split: float | None = option(None, "held-out share; none: the kind's")
     fraction: float = option(1.0, "share of the training split to use (per epoch with use_custom_sampler)")
     size: int | None = option(None, "number of training samples to use instead of a fraction")
@@ -43,6 +47,9 @@ class DatasetConfig:
             problems.append(("manual_seed", f"must be in 0..2**64-1, got {self.manual_seed}"))
         if self.eval_prompts is not None and not all(p.strip() for p in self.eval_prompts):
             problems.append(("eval_prompts", f"must be a list of non-empty strings, got {list(self.eval_prompts)!r}"))
+        if self.input_file_path:
+            problems += [(key, "applies to hub datasets; this entry reads input_file_path")
+                         for key in ("hub_config", "hub_split", "streaming") if getattr(self, key)]
         check(problems)
 
     @classmethod

@@ -1,12 +1,13 @@
-"""Records from JSON Lines (plain or gzip) and JSON-array files, each with the line it starts on.
+"""Records from JSON Lines (plain, gzip or zstd) and JSON-array files, each with the line it starts on.
 
 Every error names `file:LINE`, so a bad record in a 100 MB export can be found and fixed. A name ending in
-`.jsonl` (or `.jsonl.gz`) is always one object per line; any other file whose first non-blank character is `[`
+`.jsonl` (or `.jsonl.gz`, `.jsonl.zst`) is always one object per line; any other file whose first non-blank character is `[`
 is one JSON array (Stanford's `alpaca_data.json`), since `.json` is used for both layouts in the wild.
 """
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import sys
 import zlib
@@ -15,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import zstandard
 
 from trainer.errors import DataError
 
@@ -56,11 +59,55 @@ class BadRecords:
             self.first.append(str(error))
 
 
+LINE_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+class ZstdReader(io.RawIOBase):
+    """A `.zst` file's decompressed bytes, frame after frame, in bounded pieces. Unlike zstandard's
+    `stream_reader`, a file that ends inside a frame (a cut download) is an error, not a silently shorter file."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._pending, self._offset = memoryview(b""), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset == len(self._pending):
+            raw = self._file.read(1 << 20)
+            if not raw:
+                if not self._frame.eof:
+                    raise zstandard.ZstdError("the file ends inside a zstd frame (cut short?)")
+                return 0
+            out = []
+            while raw:
+                if self._frame.eof:  # a new frame follows the finished one
+                    self._frame = zstandard.ZstdDecompressor().decompressobj()
+                out.append(self._frame.decompress(raw))
+                raw = self._frame.unused_data if self._frame.eof else b""
+            self._pending, self._offset = memoryview(b"".join(out)), 0
+        n = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:n] = self._pending[self._offset:self._offset + n]
+        self._offset += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def open_bytes(path: Path) -> IO[bytes]:
-    """The file's bytes; a name ending in `.gz` is gunzipped on the fly (OASST's `.jsonl.gz` exports). Text is
-    decoded line by line, so that one line that is not UTF-8 is one bad record, not a refused file."""
+    """The file's bytes; a name ending in `.gz` is gunzipped and one ending in `.zst` unzstd'ed on the fly (OASST's
+    `.jsonl.gz` exports, zstd-compressed hub dumps), never whole in memory. Text is decoded line by line, so that
+    one line that is not UTF-8 is one bad record, not a refused file."""
     try:
-        return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+        if path.name.endswith(".gz"):
+            return gzip.open(path, "rb")
+        if path.name.endswith(".zst"):
+            return io.BufferedReader(ZstdReader(path), 1 << 20)
+        return open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -87,7 +134,7 @@ def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, A
                     first = first[len(BOM):]
                 if first.strip():
                     break
-            if first.lstrip().startswith(b"[") and not path.name.endswith((".jsonl", ".jsonl.gz")):
+            if first.lstrip().startswith(b"[") and not path.name.endswith(LINE_SUFFIXES):
                 raw = first + f.read()
                 try:
                     text = raw.decode("utf-8")
@@ -103,6 +150,8 @@ def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, A
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise DataError(f"{path}: cannot decode the file (expected UTF-8 JSON, gzip when named .gz): {e}") \
                 from None
+        except zstandard.ZstdError as e:
+            raise DataError(f"{path}: cannot decode the file as zstd-compressed JSON (named .zst): {e}") from None
         except OSError as e:
             raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
 

@@ -9,6 +9,7 @@ import numpy as np
 from trainer.config import TrainConfig
 from trainer.data.build import BuiltDataset
 from trainer.data.collate import DataCollator, training_collator
+from trainer.data.parity import parity_line
 from trainer.data.sampler import PerDatasetSampler, TokenBudgetBatchSampler
 from trainer.disk_space import writing
 from trainer.tokens import IGNORE_INDEX
@@ -31,7 +32,8 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "counts": counts,
         "train_samples": n,
         "val_samples": len(built.val),
-        "length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) if n else 0 for p in PERCENTILES},
+        "length_percentiles": {f"p{p}": histogram_percentile(built.length_histogram["train"], p)
+                               for p in PERCENTILES},
         "truncated_fraction": counts.get("train_truncated", 0) / max(n, 1),
         "padding_fraction": padding_fraction(lengths, config, collator),
         "tokens": int(lengths.sum()),
@@ -40,7 +42,27 @@ def dataset_figures(built: BuiltDataset, config: TrainConfig, collator: DataColl
         "from_cache": built.from_cache,
         "seconds": round(built.seconds, 3),
         "skipped_lines": built.skipped[:20],
+        "parity": built.parity,
     }
+
+
+def histogram_percentile(histogram: list[list[int]], p: float) -> int:
+    """`int(np.percentile(lengths, p))` (linear interpolation) from [length, count] pairs in length order: the
+    build gathers lengths as a histogram, bounded by max_length, however many samples there are. 0 when empty."""
+    if not histogram:
+        return 0
+    values = np.array([length for length, _ in histogram], dtype=np.float64)
+    ends = np.cumsum([count for _, count in histogram])
+    position = (int(ends[-1]) - 1) * np.true_divide(p, 100)
+    below = np.floor(position)
+    gamma = position - below
+
+    def order_statistic(k: float) -> float:
+        return values[np.searchsorted(ends, min(k, ends[-1] - 1), side="right")]
+
+    a, b = order_statistic(below), order_statistic(below + 1)
+    # numpy's lerp, including its form for gamma >= 0.5, so that the result is the same float
+    return int(b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma)
 
 
 def padding_fraction(lengths: np.ndarray, config: TrainConfig, collator: DataCollator) -> float:
@@ -85,6 +107,8 @@ def format_report(built: list[BuiltDataset], figures: list[dict], tokenizer, exa
         lines.append(f"  train tokens per sample: {pct}")
         lines.append(f"  truncated {f['truncated_fraction']:.1%}  padding {f['padding_fraction']:.1%}  "
                      f"trained-token share {f['trained_share']:.1%} ({f['trained_tokens']:,} of {f['tokens']:,})")
+        if b.parity:
+            lines.append(f"  {parity_line(b.parity)}")
         if f["skipped_lines"]:
             lines.append(f"  skipped bad lines: {', '.join(f['skipped_lines'])}")
         for i in range(min(examples, len(b.train))):

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -19,20 +20,21 @@ def split_sizes(n: int, val_split: float) -> list[int]:
     return sizes
 
 
-def seeded_split(items: list[T], val_split: float, seed: int) -> tuple[list[T], list[T]]:
-    """`torch.utils.data.random_split(items, [1 - val_split, val_split], Generator().manual_seed(seed))`.
-
-    Membership follows `torch.randperm(n)`: train takes its first part, validation the rest, each in the
-    permutation's order, as in OASST.
-    """
+def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `n` items go to train and to validation, each in `torch.randperm(n)` order: exactly the members
+    and order of `torch.utils.data.random_split(range(n), split_sizes(n, val_split), Generator().manual_seed(seed))`
+    (as in OASST), as index arrays, so that a streamed build needs only the number of items."""
     import torch
-    from torch.utils.data import random_split
 
-    if not items:
-        return [], []
-    with warnings.catch_warnings():
-        # Sizes [1, 0] sum to 1, so torch reads them as fractions (same result) and warns about the empty part.
-        warnings.filterwarnings("ignore", message="Length of split at index")
-        train, val = random_split(items, split_sizes(len(items), val_split),
-                                  generator=torch.Generator().manual_seed(seed))
-    return [items[i] for i in train.indices], [items[i] for i in val.indices]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_train = split_sizes(n, val_split)[0]
+    return perm[:n_train], perm[n_train:]
+
+
+def seeded_split(items: list[T], val_split: float, seed: int) -> tuple[list[T], list[T]]:
+    """`split_indices` applied to a list: train takes the permutation's first part, validation the rest, each in
+    the permutation's order, as in OASST."""
+    train, val = split_indices(len(items), val_split, seed)
+    return [items[i] for i in train.tolist()], [items[i] for i in val.tolist()]

@@ -8,6 +8,10 @@ encoded apart from its prompt, as the qlora fork does and as inference sees it (
 reply); a reply is then tokenized from its own first character, e.g. after `ASSISTANT: ` the trailing space
 stays its own token.
 
+A format that renders with a model's own chat template (`tokenize_segments` false) is tokenized as
+`apply_chat_template` tokenizes: the whole rendered text in one piece, a token trained when it overlaps a trained
+segment (as transformers' `return_assistant_tokens_mask` decides); samples are encoded one by one.
+
 Labels are -100 except on trained segments (the assistant replies and their end tokens); `label_masking` false
 trains every token. Position 0 is never a target (nothing precedes it), so its label is always -100.
 """
@@ -19,8 +23,8 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
-from trainer.data.conversation import Conversation, Turn
-from trainer.formats import PromptFormat, Segment
+from trainer.data.conversation import PROMPTER, Conversation, Turn
+from trainer.formats import ConversationFormat, Segment
 from trainer.errors import ConfigError
 from trainer.tokens import IGNORE_INDEX
 
@@ -60,6 +64,28 @@ class SegmentEncoder:
         except KeyError:
             return [self.ids(segment.text) for segment in segments]
 
+    def whole(self, segments: Sequence[Segment]) -> tuple[list[np.ndarray], list[bool]]:
+        """The segments' text tokenized in one piece, as runs of ids that are all trained or all not: a token is
+        trained when its characters overlap a trained segment's."""
+        encoding = self._backend.encode("".join(s.text for s in segments), add_special_tokens=False)
+        ids = np.array(encoding.ids, dtype=np.int32)
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        trained = np.zeros(len(ids), dtype=bool)
+        position = 0
+        for segment in segments:
+            end = position + len(segment.text)
+            if segment.trained:
+                trained |= (offsets[:, 1] > position) & (offsets[:, 0] < end)
+            position = end
+        cuts = np.flatnonzero(np.diff(trained.view(np.int8))) + 1
+        return np.split(ids, cuts), trained[np.concatenate([[0], cuts]).astype(np.int64)].tolist()
+
+    def pieces(self, fmt: ConversationFormat, segments: Sequence[Segment]) -> tuple[list[np.ndarray], list[bool]]:
+        """The ids of a rendered sample in trained / untrained pieces, as the format is tokenized."""
+        if fmt.tokenize_segments:
+            return self.lookup(segments), [s.trained for s in segments]
+        return self.whole(segments)
+
     def ids(self, text: str) -> np.ndarray:
         """Cached ids of `text`; a text not primed (e.g. a re-rendered truncated sample) is encoded now."""
         found = self._ids.get(text)
@@ -71,6 +97,10 @@ class SegmentEncoder:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def clear(self) -> None:
+        """Forget every text: a build clears it after each chunk, so that its memory does not grow with the data."""
+        self._ids.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedSample:
@@ -78,7 +108,8 @@ class EncodedSample:
     labels: np.ndarray  # int32, IGNORE_INDEX where not trained
     trained_tokens: int
     truncated: bool  # exchanges were dropped or the last reply was cut
-    turns_dropped: int  # oldest turns dropped to fit max_length (two per exchange)
+    turns_dropped: int  # oldest turns dropped to fit max_length (whole exchanges)
+    conversation: Conversation | None = None  # what was encoded (its turns from `turns_dropped` on)
 
 
 @dataclass
@@ -104,17 +135,24 @@ class EncodeStats:
         self.trained_tokens += sample.trained_tokens
 
 
-def encode(conv: Conversation, fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+def encode(conv: Conversation, fmt: ConversationFormat, encoder: SegmentEncoder, max_length: int,
            label_masking: bool) -> EncodedSample | None:
     """One conversation as ids and labels, or None when no trained token survives truncation."""
     return _encode(conv, fmt.render(conv), fmt, encoder, max_length, label_masking)
 
 
-def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: SegmentEncoder, max_length: int,
+def encode_all(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: SegmentEncoder, max_length: int,
                label_masking: bool) -> tuple[list[EncodedSample], EncodeStats]:
-    """Every conversation, as `encode` would do it one by one, but vectorized: rendered once, encoded in one
-    batch, and joined in one numpy pass (samples are views into two shared arrays). Samples with no trained
-    token are counted in the stats, not kept."""
+    """`encode_each`, keeping the samples: those with no trained token are counted in the stats, not kept."""
+    return _kept(encode_each(convs, fmt, encoder, max_length, label_masking))
+
+
+def encode_each(convs: Sequence[Conversation], fmt: ConversationFormat, encoder: SegmentEncoder, max_length: int,
+                label_masking: bool) -> list[EncodedSample | None]:
+    """Every conversation, as `encode` would do it one by one, but vectorized for segment-wise formats: rendered
+    once, encoded in one batch, and joined in one numpy pass (samples are views into two shared arrays)."""
+    if not fmt.tokenize_segments:
+        return [encode(conv, fmt, encoder, max_length, label_masking) for conv in convs]
     rendered = [fmt.render(conv) for conv in convs]
     encoder.prime(segment.text for segments in rendered for segment in segments)
     arrays: list[np.ndarray] = []
@@ -125,7 +163,7 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
         trained_flags += [segment.trained for segment in segments]
         segment_counts.append(len(segments))
     if not arrays:
-        return [], EncodeStats()
+        return []
     # Every format renders at least one non-empty segment per sample, so no sample is empty.
     lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
     totals = np.add.reduceat(lengths, np.cumsum([0] + segment_counts[:-1]))
@@ -139,59 +177,70 @@ def encode_all(convs: Sequence[Conversation], fmt: PromptFormat, encoder: Segmen
     labels[starts] = IGNORE_INDEX
     trained_counts = np.add.reduceat((labels != IGNORE_INDEX).view(np.int8).astype(np.int32), starts)
 
-    samples: list[EncodedSample] = []
-    stats = EncodeStats()
+    samples: list[EncodedSample | None] = []
     for conv, segments, start, total, trained in zip(convs, rendered, starts.tolist(), totals.tolist(),
                                                      trained_counts.tolist()):
         if total > max_length:
             sample = _encode(conv, segments, fmt, encoder, max_length, label_masking)
-        elif trained == 0:
-            sample = None
+        elif trained:
+            sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained, False, 0,
+                                   conv)
         else:
-            sample = EncodedSample(input_ids[start:start + total], labels[start:start + total], trained,
-                                   False, 0)
+            sample = None
+        samples.append(sample)
+    return samples
+
+
+def _kept(samples: Iterable[EncodedSample | None]) -> tuple[list[EncodedSample], EncodeStats]:
+    kept: list[EncodedSample] = []
+    stats = EncodeStats()
+    for sample in samples:
         stats.add(sample)
         if sample is not None:
-            samples.append(sample)
-    return samples, stats
+            kept.append(sample)
+    return kept, stats
 
 
-def fit_exchanges(turns: Sequence[Turn], measure: Callable[[Sequence[Turn]], tuple[int, T]], limit: int,
-                  keep: int) -> tuple[int, T]:
-    """Drop whole exchanges, oldest first, until `measure(turns[dropped:])` (a length and what was measured) is
-    within `limit` or only `keep` turns are left; the header (system prompt) is the format's and always stays.
-    Training keeps the last exchange (and cuts its reply if it alone is too long); a chat keeps the new prompt."""
+def fit_exchanges(turns: Sequence[Turn], measure: Callable[[Sequence[Turn]], tuple[int, T]],
+                  limit: int) -> tuple[int, T]:
+    """Drop whole exchanges (a prompter turn and every turn up to the next one: the reply, tool calls and their
+    results), oldest first, until `measure(turns[dropped:])` (a length and what was measured) is within `limit` or
+    only the last exchange is left; the header (system prompt) is the format's and always stays. Training keeps
+    the last exchange (and cuts its reply if it alone is too long); a chat keeps the new prompt."""
+    starts = [i for i, turn in enumerate(turns) if turn.role == PROMPTER]
     dropped = 0
     length, measured = measure(turns)
-    while length > limit and len(turns) - dropped > keep:
-        dropped += 2
+    for start in starts[1:]:
+        if length <= limit:
+            break
+        dropped = start
         length, measured = measure(turns[dropped:])
     return dropped, measured
 
 
-def encode_prompt(turns: Sequence[Turn], fmt: PromptFormat, encoder: SegmentEncoder,
+def encode_prompt(turns: Sequence[Turn], fmt: ConversationFormat, encoder: SegmentEncoder,
                   system: str | None) -> np.ndarray:
     """A chat's generation prompt as ids, segment by segment exactly as the training samples were encoded."""
     return np.concatenate(encoder.lookup(fmt.generation_segments(turns, system)))
 
 
-def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, encoder: SegmentEncoder,
+def _encode(conv: Conversation, segments: list[Segment], fmt: ConversationFormat, encoder: SegmentEncoder,
             max_length: int, label_masking: bool) -> EncodedSample | None:
-    def measure(turns: Sequence[Turn]) -> tuple[int, tuple[list[Segment], list[np.ndarray]]]:
+    def measure(turns: Sequence[Turn]) -> tuple[int, tuple[list[np.ndarray], list[bool]]]:
         rendered = segments if len(turns) == len(conv.turns) else fmt.render(dataclasses.replace(conv, turns=turns))
-        arrays = encoder.lookup(rendered)
-        return sum(map(len, arrays)), (rendered, arrays)
+        arrays, flags = encoder.pieces(fmt, rendered)
+        return sum(map(len, arrays)), (arrays, flags)
 
-    dropped, (segments, arrays) = fit_exchanges(conv.turns, measure, max_length, keep=2)
+    dropped, (arrays, flags) = fit_exchanges(conv.turns, measure, max_length)
     total = sum(map(len, arrays))
     input_ids = np.concatenate(arrays)[:max_length]
     if label_masking:
         labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
         offset = 0
-        for segment, array in zip(segments, arrays):
+        for trained, array in zip(flags, arrays):
             if offset >= max_length:
                 break
-            if segment.trained:
+            if trained:
                 labels[offset:offset + len(array)] = array[:max_length - offset]
             offset += len(array)
     else:
@@ -200,4 +249,4 @@ def _encode(conv: Conversation, segments: list[Segment], fmt: PromptFormat, enco
     trained = int(np.count_nonzero(labels != IGNORE_INDEX))
     if trained == 0:
         return None
-    return EncodedSample(input_ids, labels, trained, dropped > 0 or total > max_length, dropped)
+    return EncodedSample(input_ids, labels, trained, dropped > 0 or total > max_length, dropped, conv)

@@ -29,7 +29,9 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
 
     from trainer.export import check, merge
     from trainer.export.card import eval_losses, write_card, write_record
+    from trainer.export.parity import add_stops, check_export, eos_ids, parity_export_line, stop_ids
     from trainer.export.source import RESOLVED_CONFIG, read_run
+    from trainer.formats import FORMATS
     from trainer.inference import check_base_present
     from trainer.models import TORCH_DTYPES, set_token_ids
     from trainer.tokens import load_tokenizer
@@ -56,7 +58,8 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if writer.check_model:
         writer.check_model(AutoConfig.from_pretrained(model_dir, trust_remote_code=run.trust_remote_code),
                            str(model_dir))
-    tokenizer = load_tokenizer(str(run.path), trust_remote_code=trust_remote_code)
+    chat_tokens = run.config is None or FORMATS[run.config.data.prompt_format].adds_chat_tokens
+    tokenizer = load_tokenizer(str(run.path), trust_remote_code=trust_remote_code, chat_tokens=chat_tokens)
     fmt = run.prompt_format(tokenizer)
     texts = check.check_prompts(fmt)
     ids = check.prompt_ids(tokenizer, texts)
@@ -72,11 +75,15 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
             model = merge.load_full_model(run)
             reference = check.run_prompts(model, ids)
     merge.cast_parameters(model, TORCH_DTYPES[dtype])
+    base_name = run.base_model or (run.config.model.model_name if run.config else str(run.path))
+    base_stops = stop_ids(base_name) + eos_ids(model.generation_config.to_dict())
     set_token_ids(model, tokenizer, fmt.end_key)
+    if not fmt.adds_chat_tokens:
+        add_stops(model, tokenizer, fmt, base_stops)
     tokenizer.chat_template = fmt.chat_template()
     record: dict[str, Any] = {
         "target": target, "dtype": dtype, "source": str(run.path.resolve()), "kind": run.kind,
-        "base_model": run.base_model or (run.config.model.model_name if run.config else str(run.path)),
+        "base_model": base_name,
         "adapter_sha256": run.adapter_sha256, "merged": run.is_adapter,
         "vocab_rows": model.get_input_embeddings().num_embeddings,
         "prompt_format": fmt.name, "end_key": fmt.end_key, "eval_loss": eval_losses(run.path),
@@ -97,6 +104,13 @@ def export(source: Path | str, out: Path | str, target: str = "hf", dtype: str =
     if not comparison.ok or problem:
         shutil.rmtree(out)
         raise RunError(f"export check failed, {out} removed: {problem or comparison.line()}")
+    try:
+        parity = check_export(out, fmt, tokenizer, trust_remote_code)
+    except RunError as e:
+        shutil.rmtree(out)
+        raise RunError(f"{e}; {out} removed") from None
+    print(parity_export_line(parity), flush=True)
+    record["parity"] = parity_export_line(parity)
     record["check"] = comparison.line()
     record["tokenizer_check"] = tokenizer_line
     record["max_logit_diff"] = comparison.max_diff

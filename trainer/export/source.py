@@ -18,7 +18,7 @@ from trainer.checkpoints import check_complete
 from trainer.config import RESOLVED_CONFIG, TrainConfig
 from trainer.errors import ConfigError
 from trainer.files import check_safetensors
-from trainer.formats import PromptFormat, build_format, detect_format, format_for
+from trainer.formats import ConversationFormat, build_format, detect_format, format_for
 from trainer.inference import ADAPTER_CONFIG, EXPORT_RECORD, read_adapter_config, read_resolved_config
 from trainer.paths import bundled
 
@@ -41,7 +41,7 @@ class RunOutput:
     def is_adapter(self) -> bool:
         return self.kind != "full"
 
-    def prompt_format(self, tokenizer) -> PromptFormat:
+    def prompt_format(self, tokenizer) -> ConversationFormat:
         """The format the run was trained in; a plain model directory gets the one its tokenizer shows."""
         if self.config is not None:
             return format_for(self.config.data, tokenizer)

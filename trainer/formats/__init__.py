@@ -11,18 +11,21 @@ from typing import Any
 from trainer.errors import ConfigError
 from trainer.formats.airoboros import AiroborosFormat
 from trainer.formats.alpaca import AlpacaFormat
-from trainer.formats.base import PromptFormat, Segment
+from trainer.formats.base import ConversationFormat, PromptFormat, Segment
 from trainer.formats.oasst import OasstFormat
+from trainer.formats.own_template import ChatTemplateFormat
 from trainer.formats.plain import PlainFormat
 
-FORMATS: dict[str, type[PromptFormat]] = {f.name: f for f in (OasstFormat, AiroborosFormat, AlpacaFormat,
-                                                               PlainFormat)}
+# Detection tries them in this order: a chat template that is not Delphi's own comes after the oasst tokens.
+FORMATS: dict[str, type[ConversationFormat]] = {f.name: f for f in (OasstFormat, AiroborosFormat, AlpacaFormat,
+                                                                     ChatTemplateFormat, PlainFormat)}
 FALLBACK_FORMAT = "plain"  # for a model whose tokenizer shows no format's tell-tale token
 
-__all__ = ["FORMATS", "PromptFormat", "Segment", "build_format", "detect_format", "format_for"]
+__all__ = ["FORMATS", "ConversationFormat", "PromptFormat", "Segment", "build_format", "detect_format",
+           "format_for"]
 
 
-def build_format(name: str, tokenizer, system: str | None = None, **options: Any) -> PromptFormat:
+def build_format(name: str, tokenizer, system: str | None = None, **options: Any) -> ConversationFormat:
     """The format `name` for this tokenizer (its eos/bos), with a system prefix (None: none) and the format's own
     options (`option_keys`)."""
     if name not in FORMATS:
@@ -35,10 +38,10 @@ def build_format(name: str, tokenizer, system: str | None = None, **options: Any
     if missing:
         raise ConfigError(f"prompt_format {name}: tokenizer '{tokenizer.name_or_path}' lacks {', '.join(missing)}; "
                           f"load it with trainer.tokens.load_tokenizer, which adds the chat tokens")
-    return cls(eos, tokenizer.bos_token, system, **options)
+    return cls.for_tokenizer(tokenizer, system, **options)
 
 
-def format_for(data, tokenizer) -> PromptFormat:
+def format_for(data, tokenizer) -> ConversationFormat:
     """The format a data config names (`prompt_format`), with its system prefix and the format's own options."""
     cls = FORMATS.get(data.prompt_format)
     options = {key: getattr(data, key) for key in (cls.option_keys if cls else ())}
@@ -50,5 +53,6 @@ def detect_format(tokenizer) -> tuple[str, str]:
     the fallback; and why, for the user."""
     for name, cls in FORMATS.items():
         if cls.detect(tokenizer):
-            return name, f"the tokenizer holds {', '.join(cls.required_tokens)}"
+            return name, (f"the tokenizer holds {', '.join(cls.required_tokens)}" if cls.required_tokens else
+                          "the tokenizer carries a chat template of its own")
     return FALLBACK_FORMAT, "the tokenizer holds no format's special tokens"

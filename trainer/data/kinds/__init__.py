@@ -4,8 +4,8 @@ Adding a kind is one module defining `KIND = DatasetKind(...)` (defaults, option
 below."""
 from __future__ import annotations
 
-from trainer.data.kinds import airoboros, alpaca, messages, oasst, sharegpt
+from trainer.data.kinds import airoboros, alpaca, completion, messages, oasst, sharegpt, text
 from trainer.data.kinds.base import DatasetKind
 
 KINDS: dict[str, DatasetKind] = {k.name: k for k in (oasst.KIND, alpaca.KIND, airoboros.KIND, messages.KIND,
-                                                       sharegpt.KIND)}
+                                                       sharegpt.KIND, completion.KIND, text.KIND)}

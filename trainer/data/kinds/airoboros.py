@@ -18,4 +18,4 @@ def airoboros_conversation(record: dict[str, Any], where: str, source: str = "ai
 
 # The qlora fork holds out 10% of a local file.
 KIND = DatasetKind("airoboros", "jondurbin/airoboros-gpt4-1.4", 0.1, "path/to/instructions.jsonl",
-                   record_reader(airoboros_conversation))
+                   record_reader(airoboros_conversation), columns=(("instruction", "response"),))

@@ -19,4 +19,4 @@ def alpaca_conversation(record: dict[str, Any], where: str, source: str = "alpac
 
 # OASST's `alpaca` entry means yahma/alpaca-cleaned, split 80/20.
 KIND = DatasetKind("alpaca", "yahma/alpaca-cleaned", 0.2, "path/to/alpaca_data.json",
-                   record_reader(alpaca_conversation))
+                   record_reader(alpaca_conversation), columns=(("instruction", "output"),))

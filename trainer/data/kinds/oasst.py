@@ -273,10 +273,9 @@ def tree_threads(tree: dict[str, Any], where: str, rules: TreeFilter, counts: di
 
 
 def load_trees(trees: Iterable[tuple[str, dict[str, Any]]], rules: TreeFilter, counts: dict[str, int],
-               bad: BadRecords, source: str = "oasst_export") -> list[list[Conversation]]:
+               bad: BadRecords, source: str = "oasst_export") -> Iterator[list[Conversation]]:
     """Threads per tree, for every tree that passed the tree filter (trees with no thread included, since
-    OASST's split counts them)."""
-    kept = []
+    OASST's split counts them), one tree at a time."""
     seen: set[str] = set()
     for where, tree in trees:
         tree_id = tree.get("message_tree_id")
@@ -291,8 +290,7 @@ def load_trees(trees: Iterable[tuple[str, dict[str, Any]]], rules: TreeFilter, c
             bad.handle(e)
             continue
         if threads is not None:
-            kept.append(threads)
-    return kept
+            yield threads
 
 
 def read_threads(rows: Rows, options: OasstOptions, bad: BadRecords, source: str):
@@ -303,4 +301,5 @@ def read_threads(rows: Rows, options: OasstOptions, bad: BadRecords, source: str
 
 
 KIND = DatasetKind("oasst_export", "OpenAssistant/oasst1", 0.2, "path/to/2023-04-12_oasst_ready.trees.jsonl.gz",
-                   read_threads, OasstOptions, unit="tree")
+                   read_threads, OasstOptions, unit="tree",
+                   columns=(("message_id", "role", "text"), ("message_tree_id", "prompt")))

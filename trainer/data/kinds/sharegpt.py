@@ -18,4 +18,5 @@ def sharegpt_conversation(record: dict[str, Any], where: str, source: str = "sha
 
 
 # No default hub dataset: ShareGPT dumps on the hub are JSON files rather than loadable datasets.
-KIND = DatasetKind("sharegpt", None, 0.2, "path/to/sharegpt.json", record_reader(sharegpt_conversation))
+KIND = DatasetKind("sharegpt", None, 0.2, "path/to/sharegpt.json", record_reader(sharegpt_conversation),
+                   columns=(("conversations",),))
