@@ -31,7 +31,14 @@ Arms, each in its own process, under a timeout:
   for GPT-NeoX; assistant-only loss (TRL's `assistant_masks`, which it always applies) on the template for Llama
   and Qwen. TRL's own template masking (`assistant_only_loss`) needs `{% generation %}` markers, which TRL 1.16
   adds to Qwen2.5's template but has none for Llama 3.2's, so both take the masks of Delphi's rendering, which
-  its parity check holds equal to the template's.
+  its parity check holds equal to the template's;
+- scaling out (issue 20), the delphi arm with one change each, on every GPU of the machine (`torchrun
+  --nproc_per_node` the device count; one GPU reaches the same code paths with one rank): delphi-8bit
+  (`optim: adamw_8bit`, QLoRA `paged_adamw_8bit`; LoRA and QLoRA), delphi-fsdp (`fsdp: full_shard`; QLoRA across
+  ranks: 4-bit weights stored in bf16, and full), delphi-zero3 (`configs/zero3.json` with torch's AdamW, as
+  DeepSpeed's fused one is compiled on first use; QLoRA and full; needs deepspeed on the device: build its wheel
+  here with `pip wheel --no-deps deepspeed==0.19.8 -w .whl`).
+  Every delphi arm also records the memory plan's per-rank total beside the measured peak (`plan GiB`).
 
 Measured the same way for all: tokens are counted on the CPU side of each arm's collator (no device sync), time
 runs from the end of optimizer step `--warmup` to the end of the last step, with a device synchronize at both
@@ -85,7 +92,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-ARMS = ("delphi", "delphi-padding-free", "trainer-grouped", "trl-padding-free")
+# Scale-out arms: the modes each runs in, and what it changes in the delphi arm's config.
+SCALE_ARMS = {"delphi-8bit": (("lora", "qlora"), {"optim": "adamw_8bit"}),
+              "delphi-fsdp": (("qlora", "full"), {"fsdp": "full_shard"}),
+              "delphi-zero3": (("qlora", "full"), {"deepspeed": True, "deepspeed_config": "zero3"})}
+ARMS = ("delphi", "delphi-padding-free", "trainer-grouped", "trl-padding-free", *SCALE_ARMS)
 MODES = ("full", "lora", "qlora")
 # architecture, format, tokenizer argument, shape (and, for the modern ones, the attributes their tiny config sets
 # otherwise).
@@ -254,6 +265,7 @@ class Meter:
         return tuple(sum(b[i] for b in self.batches[self.warmup:steps]) for i in range(3))
 
     def finish(self, steps: int, counts: tuple) -> None:
+        """Rank 0 writes the result; every rank ends here, at the same step."""
         import torch
 
         trained, real, processed = counts
@@ -262,7 +274,8 @@ class Meter:
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
         self.record.update(steps=steps, timed_steps=steps - self.warmup, seconds=seconds, trained_tokens=trained,
                            tokens_per_s=trained / seconds, padding=1 - real / processed, peak_gib=peak)
-        self.result_path.write_text(json.dumps(self.record))
+        if int(os.environ.get("RANK", "0")) == 0:
+            self.result_path.write_text(json.dumps(self.record))
         os._exit(0)
 
 
@@ -286,7 +299,13 @@ def run_arm(args) -> None:
         from trainer.recipe import run
 
         extra = {"padding_free": True, "compile": args.compile} if args.arm == "delphi-padding-free" else {}
+        extra |= SCALE_ARMS.get(args.arm, ((), {}))[1]
+        if extra.get("deepspeed"):
+            extra["deepspeed_config"] = torch_adam_json(Path(args.work))
+        if extra.get("optim") and args.mode == "qlora":
+            extra["optim"] = "paged_adamw_8bit"
         config = delphi_config(args, path, args.mode, output_dir, args.shape, **extra)
+        record["plan_gib"] = planned_gib(config, path)
         run(config, callbacks=[meter.callback(logged=True)])
     else:
         config = delphi_config(args, path, args.mode, output_dir, args.shape)
@@ -294,6 +313,26 @@ def run_arm(args) -> None:
         baseline(args.arm, config, tokenizer, drawn_samples(config, built), meter)
     sys.exit(f"{args.arm}: training ended after fewer than --warmup {args.warmup} + 1 optimizer steps; "
              f"raise --samples")
+
+
+def torch_adam_json(work: Path) -> str:
+    """configs/zero3.json with torch's AdamW (DeepSpeed's fused Adam is JIT-compiled, which needs the CUDA
+    toolkit on the device)."""
+    settings = json.loads((REPO / "configs" / "zero3.json").read_text())
+    settings["optimizer"]["params"]["torch_adam"] = True
+    path = work / f"zero3-torch-adam-{os.environ.get('RANK', '0')}.json"
+    path.write_text(json.dumps(settings))
+    return str(path)
+
+
+def planned_gib(config, path: Path) -> float:
+    """The memory plan's per-rank total for this run (what `delphi plan` prints), to set beside the peak."""
+    from transformers import AutoConfig
+
+    from trainer.memory_plan import plan_run
+
+    memory = plan_run(config, AutoConfig.from_pretrained(path), int(os.environ.get("WORLD_SIZE", "1")))
+    return memory.chosen.device / 2**30
 
 
 def baseline(arm: str, config, tokenizer, samples, meter) -> None:
@@ -396,6 +435,8 @@ def main() -> None:
         params = matmul_params(model_dir(args, shape))
         for mode in args.modes:
             for arm in args.arms:
+                if arm in SCALE_ARMS and mode not in SCALE_ARMS[arm][0]:
+                    continue
                 results.append(run_child(args, shape, mode, arm, started) | {"params": params})
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results, args)
@@ -420,7 +461,13 @@ def run_child(args, shape: str, mode: str, arm: str, started: float) -> dict:
     result = Path(args.work) / "results" / f"{shape}-{mode}-{arm}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--arm", arm, "--mode", mode, "--shape", shape, "--result", str(result),
+    launcher = [sys.executable]
+    if arm in ("delphi-fsdp", "delphi-zero3"):
+        import torch
+
+        ranks = torch.cuda.device_count() or 2
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", "29533"]
+    command = [*launcher, __file__, "--arm", arm, "--mode", mode, "--shape", shape, "--result", str(result),
                *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("tokenizer", "oasst", "samples", "batch",
                                                                           "max_length", "warmup", "work")
                  if getattr(args, k) is not None),
@@ -459,19 +506,20 @@ def report(results: list[dict], args) -> str:
              f"tokens), "
              f"max_length {args.max_length}, {args.warmup} warm-up steps untimed; {device}",
              "| shape | mode | arm | attention | trained tok/s | x best baseline | MFU | padding | peak GiB | "
-             "timed steps | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "plan GiB | timed steps | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for shape, mode in dict.fromkeys((r["shape"], r["mode"]) for r in results):
         rows = [r for r in results if (r["shape"], r["mode"]) == (shape, mode)]
         best = max((r.get("tokens_per_s", 0) for r in rows if not r["arm"].startswith("delphi")), default=0)
         for r in rows:
             speed = r.get("tokens_per_s")
             if speed is None:
-                lines.append(f"| {shape} | {mode} | {r['arm']} | | | | | | | | {r['status'].splitlines()[0]} |")
+                lines.append(f"| {shape} | {mode} | {r['arm']} | | | | | | | | | {r['status'].splitlines()[0]} |")
                 continue
             mfu = (6 if mode == "full" else 4) * r["params"] * speed / peak
             ratio = f"{speed / best:.2f}x" if best else "-"
+            plan = f"{r['plan_gib']:.1f}" if "plan_gib" in r else "-"
             lines.append(f"| {shape} | {mode} | {r['arm']} | {r['attention']} | {speed:,.0f} | {ratio} | {mfu:.1%} | "
-                         f"{r['padding']:.1%} | {r['peak_gib']:.1f} | {r['timed_steps']} | ok |")
+                         f"{r['padding']:.1%} | {r['peak_gib']:.1f} | {plan} | {r['timed_steps']} | ok |")
     return "\n".join(lines)
 
 

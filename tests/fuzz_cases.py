@@ -568,6 +568,35 @@ case("export", "chat-final-save-cut", ("chat", "--model", "{C}/run"), "did not f
      copy_of("run", "run", remove("tokenizer.json", "tokenizer_config.json")))
 
 # ----------------------------------------------------------------------------------------------------------
+# Scaling out: strategy combinations that cannot work, refused before any weight loads
+
+
+def huge_config(directory: Path) -> None:
+    """The tiny model's directory claiming a 70B-class shape in config.json (the weights are never read)."""
+    config = json.loads((directory / "config.json").read_text())
+    config.update(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, intermediate_size=28672)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+case("scale", "fsdp-and-deepspeed", (*TRAIN, "--fsdp", "full_shard", "--deepspeed"), "choose one engine")
+case("scale", "fsdp-unknown", (*TRAIN, "--fsdp", "fully"), "'fsdp' must be one of full_shard, shard_grad_op")
+case("scale", "8bit-optimizer-on-cpu", (*TRAIN, "--optim", "adamw_8bit"), "optim: adamw_8bit needs a CUDA GPU")
+case("scale", "paged-optimizer-on-cpu", (*TRAIN, "--optim", "paged_adamw_32bit"), "use optim: adamw_torch")
+case("scale", "qlora-zero3-on-cpu", (*TRAIN, "--mode", "qlora", "--deepspeed", "--deepspeed_config", "zero3"),
+     "on CPU use mode: lora with zero3")
+case("scale", "qlora-zero3-offload", (*TRAIN, "--mode", "qlora", "--deepspeed", "--deepspeed_config",
+                                      "zero3_offload"), "use deepspeed_config: zero3 or fsdp: full_shard")
+case("scale", "deepspeed-config-unknown", (*TRAIN, "--deepspeed", "--deepspeed_config", "zero4"),
+     "one of zero2, zero3, zero3_offload")
+case("scale", "deepspeed-config-not-json", (*TRAIN, "--deepspeed", "--deepspeed_config", "{C}/ds.json"),
+     "ds.json:1: not a readable DeepSpeed JSON", write("ds.json", "{stage: 3}"))
+case("scale", "offload-without-the-memory", (*TRAIN, "--model_name", "{C}/huge", "--deepspeed", "--deepspeed_config",
+                                             "zero3_offload"), "offloading needs about",
+     copy_of("model", "huge", huge_config))
+case("scale", "plan-ranks", ("plan", "--config_file", "{W}/base.yaml", "--configs", "base", "--ranks", "0"),
+     "--ranks must be a whole number of at least 1")
+
+# ----------------------------------------------------------------------------------------------------------
 # Issue 18: inputs that gave tracebacks, hangs or silence, and the inputs accepted by design
 
 case("data", "datasets-null", (*TRAIN, "--datasets", "null"), "the config names no datasets")

@@ -283,6 +283,27 @@ def test_deepspeed_unpickles_its_checkpoint_files_with_arbitrary_code():
     assert "weights_only=False" in inspect.getsource(TorchCheckpointEngine.load)
 
 
+def test_accelerate_makes_fsdp_only_on_gpu_like_devices():
+    """TrainerSeams.create_accelerator_and_postprocess puts the FSDP plugin back on CPU ranks: accelerate 1.15
+    promotes a plugin to FSDP only inside its branch for GPU-like multi-device types, which MULTI_CPU is not."""
+    from accelerate.state import AcceleratorState
+
+    source = inspect.getsource(AcceleratorState.__init__)
+    gpu_branch = source[source.index("DistributedType.MULTI_GPU,"):source.index("self.distributed_type = DistributedType.FSDP")]
+    assert "MULTI_CPU" not in gpu_branch and "fsdp_plugin is not None" in gpu_branch
+    assert "self.is_fsdp_enabled = getattr(self.accelerator.state, \"fsdp_plugin\", None) is not None" in \
+        inspect.getsource(Trainer.create_accelerator_and_postprocess)
+
+
+def test_zero3_init_sizes_its_batch_from_deepspeeds_own_process_group():
+    """Why strategy.start_sharded_loading starts DeepSpeed's process group on CPU: zero.Init's config reads the
+    world size from deepspeed.comm and falls back to 1 (then fails its batch check) when it is not started."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    source = inspect.getsource(DeepSpeedConfig.__init__)
+    assert "self.world_size = dist.get_world_size()" in source and "self.world_size = 1" in source
+
+
 def test_the_deepspeed_classes_allowed_in_a_weights_only_load_are_where_the_allowlist_names_them():
     """Each allowlisted class still exists under its name (a rename would make every ZeRO resume refused)."""
     import importlib

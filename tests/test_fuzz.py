@@ -27,7 +27,8 @@ from trainer.cli import main as delphi
 from trainer.paths import CHECKOUT as REPO_ROOT
 
 TIME_LIMIT_S = 60
-CATEGORIES = ("numbers", "yaml", "cli", "filesystem", "weights", "data", "tokenizer", "sweep", "resume", "export")
+CATEGORIES = ("numbers", "yaml", "cli", "filesystem", "weights", "data", "tokenizer", "sweep", "resume", "export",
+              "scale")
 
 
 class Payload:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from train_samples import collator, distributed_sampler, qa_samples
+from train_samples import collator, cpu_ranks_env, distributed_sampler, qa_samples
 from trainer.checkpoints import marker_problem, write_marker
 from trainer.config import TrainConfig
 from trainer.train import train
@@ -192,11 +191,7 @@ def zero2(tiny_model_dir, tmp_path_factory):
     """`zero2(out, ranks, accumulation, save_steps)`: one torchrun of tests/zero2_worker.py with CPU ranks (gloo),
     DeepSpeed ZeRO-2 from configs/zero2.json with the no-compile recipe, into TMP/out; TMP is returned with it."""
     tmp_path = tmp_path_factory.mktemp("zero2")
-    ds_config = json.loads((REPO / "configs" / "zero2.json").read_text())
-    ds_config["optimizer"]["params"]["torch_adam"] = True  # avoids JIT-compiling DeepSpeed's fused Adam
-    (tmp_path / "zero2.json").write_text(json.dumps(ds_config))
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
-           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch-ext")}
+    env = cpu_ranks_env(REPO, tmp_path, "zero2.json")
     done: dict[str, str] = {}
 
     def torchrun(out: str, ranks: int = 2, accumulation: int = 2, save_steps: int = 2, fails: bool = False,

@@ -32,3 +32,16 @@ def collator(tokenizer, max_length: int = 128):
     from trainer.data.collate import DataCollator
 
     return DataCollator(tokenizer.pad_token_id, max_length)
+
+
+def cpu_ranks_env(repo, tmp, deepspeed_config: str) -> dict[str, str]:
+    """The environment of torchrun'd CPU ranks (gloo) for the multi-process tests, and `deepspeed_config` from
+    configs/ copied into `tmp` with the no-compile recipe: torch's AdamW instead of DeepSpeed's JIT-compiled one."""
+    import json
+    import os
+
+    ds_config = json.loads((repo / "configs" / deepspeed_config).read_text())
+    ds_config["optimizer"]["params"]["torch_adam"] = True
+    (tmp / deepspeed_config).write_text(json.dumps(ds_config))
+    return {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{repo / 'tests'}", "OMP_NUM_THREADS": "1",
+            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp / "torch-ext")}

@@ -3,6 +3,7 @@ underscores alike) and one error wrapper (a `DelphiError` is one `error: ...` li
 
     delphi train  --configs defaults demo-data tiny-pythia [--key value ...]    (= python trainer_sft.py ...)
     delphi data   --configs ... [--examples N] [--dump FILE] [--rebuild]       (= python -m trainer.data ...)
+    delphi plan   --configs ... [--ranks N] [--ranks_per_node N]              (memory per rank; loads no weights)
     delphi export RUN_DIR EXPORT_DIR [--target hf|ipu] [--verify]             (= python -m trainer.export ...)
     delphi chat   --model DIR [--temperature 0] [--k 5]                       (= python -m trainer.chat ...)
     delphi sweep  run|wandb|report ...                                        (= python -m trainer.sweep ...)
@@ -143,6 +144,47 @@ def data_command(argv: list[str]) -> int:
     return 0
 
 
+PLAN_OPTIONS = {"ranks": True, "ranks_per_node": True}
+
+
+def plan_command(argv: list[str]) -> int:
+    """The memory plan of a configured run, from config.json alone (the model is built on the meta device): bytes
+    per rank under the configured strategy and the others, against this machine's memory."""
+    from trainer.config import resolve, split_argv
+    from trainer.help import config_help
+
+    if wants_help(argv):
+        print(config_help("delphi plan", argv, extra={
+            "--ranks N": "the ranks the run will have (default: WORLD_SIZE, else 1)",
+            "--ranks_per_node N": "ranks sharing one host's memory (default: all of them, at most LOCAL_WORLD_SIZE)"}))
+        return 0
+    args = split_argv(argv, PLAN_OPTIONS)
+    ranks = _count(args.extra.get("ranks", os.environ.get("WORLD_SIZE", "1")), "ranks")
+    per_node = _count(args.extra["ranks_per_node"], "ranks_per_node") if "ranks_per_node" in args.extra else None
+    config = resolve(args)
+    import torch
+
+    from trainer.memory_plan import plan_run
+    from trainer.models import check_model_source, choose_attention
+    from trainer.strategy import Strategy, check_host_memory, check_strategy
+
+    source = check_model_source(config.model, config.adapters)
+    strategy = Strategy.of(config.optim)
+    check_strategy(config, strategy, torch.cuda.is_available())
+    eager = choose_attention(config.model, source, config.data.padding_free)[0] == "eager"
+    memory = plan_run(config, source.hf_config, ranks, eager, per_node)
+    print(f"strategy: {strategy.describe()}")
+    print(memory.describe())
+    check_host_memory(memory)
+    return 0
+
+
+def _count(value: str, name: str) -> int:
+    if not str(value).isdigit() or int(value) < 1:
+        raise ConfigError(f"--{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def export_command(argv: list[str]) -> int:
     from trainer.export.cli import main
 
@@ -162,7 +204,8 @@ def sweep_command(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": train_command, "data": data_command, "export": export_command, "chat": chat_command,
+    "train": train_command, "data": data_command, "plan": plan_command, "export": export_command,
+    "chat": chat_command,
     "sweep": sweep_command,
 }
 

@@ -57,6 +57,21 @@ class TrainerSeams:
             shard.num_processes, shard.process_index = 1, 0
         return loader
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """accelerate 1.15 turns an FSDP plugin into FSDP only on GPU-like devices; on CPU ranks (gloo) it drops it
+        without a word and wraps the model in DDP. torch's FSDP2 runs on CPU meshes, so the plugin is put back,
+        as accelerate does for GPUs, before anything is prepared."""
+        super().create_accelerator_and_postprocess()
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if self.args.fsdp_plugin_args and state.distributed_type == DistributedType.MULTI_CPU:
+            state.distributed_type = DistributedType.FSDP
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            self.is_fsdp_enabled = True
+
     checkpoint_staging: str | None = None  # set while a checkpoint is being written
 
     def _get_output_dir(self, trial) -> str:
@@ -136,6 +151,27 @@ def renamed_state_dict(model, files: list[Path]) -> dict[str, torch.Tensor]:
     return {rename_source_key(key, renamings, converters)[0]: value
             for file in files for key, value in load_file(file, device="cpu").items()}
 
+
+# ----------------------------------------------------------------------------------------------------------
+# Sharded parameters (DeepSpeed ZeRO-3, torch FSDP2)
+
+def full_shape(param) -> tuple[int, ...]:
+    """A parameter's whole shape: ZeRO-3 leaves an empty placeholder where the model sees it (`ds_shape` holds the
+    real one); FSDP2's DTensor reports its global shape itself."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
+def local_shard(param) -> torch.Tensor:
+    """The part of a parameter this rank holds: ZeRO-3's partition, FSDP2's local shard, else the parameter."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def whole_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor for an FSDP2 DTensor (the gradient norm FSDP2's clipping returns is one, replicated), which
+    would otherwise drag every later operation into DTensor's sharding rules."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 # ----------------------------------------------------------------------------------------------------------
 # deepspeed: loading its checkpoint files

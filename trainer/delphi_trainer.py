@@ -27,6 +27,7 @@ from torch.utils.data import ConcatDataset, Sampler
 from transformers import Trainer, TrainerCallback
 
 from trainer import checkpoints
+from trainer.activation_offload import offloaded_activations
 from trainer.compat import TrainerSeams
 from trainer.data.sampler import TokenBudgetBatchSampler
 from trainer.config import TrainConfig, write_resolved
@@ -111,9 +112,10 @@ class DelphiTrainer(TrainerSeams, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
-        loss_sum, trained, outputs = summed_token_loss(
-            model, unwrapped.get_output_embeddings(), inputs, chunked=self.chunked_loss,
-            softcap=getattr(unwrapped.config, "final_logit_softcapping", None))
+        with offloaded_activations(model.training and self.run_config.model.activation_offload):
+            loss_sum, trained, outputs = summed_token_loss(
+                model, unwrapped.get_output_embeddings(), inputs, chunked=self.chunked_loss,
+                softcap=getattr(unwrapped.config, "final_logit_softcapping", None))
         if model.training:
             self.tokens.add(inputs)
         else:  # evaluation: summed up over the split in `evaluation_loop`
@@ -223,7 +225,12 @@ class DelphiTrainer(TrainerSeams, Trainer):
         staged = checkpoints.staging_dir(output_dir) / checkpoints.FINAL
         with writing("the final model", output_dir, self.after_disk_full(),
                      partial=lambda: checkpoints.discard(staged)):
-            self.save_model(str(staged))
+            if self.is_fsdp_enabled:  # its checkpoints are sharded; the final model is gathered whole
+                state = self.accelerator.get_state_dict(self.model)
+                if self.args.should_save:
+                    self._save(str(staged), state_dict=state)
+            else:
+                self.save_model(str(staged))
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
                 write_resolved(self.run_config, staged)

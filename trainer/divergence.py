@@ -18,6 +18,7 @@ from collections import deque
 
 import torch
 
+from trainer import compat
 from trainer.errors import RunError
 
 # What went non-finite, as bits of one code (so that one all-reduce carries step and cause).
@@ -74,7 +75,8 @@ class DivergenceGuard:
         cause = _bits(loss.detach().to(self.device), LOSS_NAN, LOSS_INF)
         if grad_norm is not None and not skipped:
             if isinstance(grad_norm, torch.Tensor):
-                cause = cause + _bits(grad_norm.detach().to(self.device), GRAD_NAN, GRAD_INF)
+                norm = compat.whole_tensor(grad_norm.detach())
+                cause = cause + _bits(norm.to(self.device), GRAD_NAN, GRAD_INF)
             elif not math.isfinite(grad_norm):  # DeepSpeed hands over a float, already on the host
                 cause = cause + (GRAD_NAN if math.isnan(grad_norm) else GRAD_INF)
         code = torch.where(cause > 0, step * 32 + cause, NONE)
@@ -108,8 +110,9 @@ class DivergenceGuard:
 
 
 def weights_finite(model) -> bool:
-    """Whether every trainable parameter is finite (one pass over them, made only before a save)."""
-    checks = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
+    """Whether every trainable parameter this rank holds is finite (one pass over them, made only before a save);
+    sharded parameters are checked by their holders, and the verdict is agreed across ranks."""
+    checks = [torch.isfinite(compat.local_shard(p)).all() for p in model.parameters() if p.requires_grad]
     return bool(torch.stack(checks).all()) if checks else True
 
 

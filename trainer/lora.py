@@ -22,13 +22,14 @@ def lora_config(adapters: AdapterConfig):
                       target_modules=adapters.lora_targets, bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapters(model, adapters: AdapterConfig):
+def add_adapters(model, adapters: AdapterConfig, sharded: bool = False):
     """Freezes the base and wraps it with LoRA; a 4-bit base is first made trainable-through (fp32 norms) by peft's
-    prepare_model_for_kbit_training. Activation checkpointing is the caller's (`load_model`), for every mode: peft's
+    prepare_model_for_kbit_training, unless it is `sharded` (FSDP / ZeRO-3), where every weight must keep the one
+    dtype the engine flattens. Activation checkpointing is the caller's (`load_model`), for every mode: peft's
     own switch for it calls transformers' deprecated `gradient_checkpointing_enable`."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if adapters.mode == "qlora":
+    if adapters.mode == "qlora" and not sharded:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     with compat.quiet_peft_model_init():
         return get_peft_model(model, lora_config(adapters))

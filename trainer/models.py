@@ -126,11 +126,13 @@ def _check_lora_targets(adapters: AdapterConfig, source: ModelSource) -> None:
 
 
 def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_length: int,
-               deepspeed: bool = False, padding_free: bool = False, source: ModelSource | None = None
-               ) -> LoadedModel:
+               deepspeed: bool = False, padding_free: bool = False, source: ModelSource | None = None,
+               sharded: bool = False) -> LoadedModel:
     """The model ready to train: dropout, attention, dtype, vocab, checkpointing and adapters as configured;
     `max_length` is the longest sample it will see, `deepspeed` whether DeepSpeed keeps the master weights,
-    `padding_free` whether micro-batches are token budgets (which a varlen attention kernel takes as one row).
+    `padding_free` whether micro-batches are token budgets (which a varlen attention kernel takes as one row),
+    `sharded` whether FSDP or ZeRO-3 spreads the weights over the ranks (QLoRA then stores its 4-bit weights in the
+    compute dtype and loads them unplaced, for the engine to shard).
     `source`: what `check_model_source` and `check_tokenizer_fits` already passed (the recipe checks before it
     builds the datasets); without it they run here."""
     from transformers import AutoModelForCausalLM
@@ -147,14 +149,15 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
         notes += arch.adapt_config(hf_config, max_length)
     attention, why = choose_attention(model, source, padding_free)
     notes.append(f"attention: {attention} ({why})")
-    kwargs: dict[str, Any] = {"config": hf_config, "dtype": weights_dtype(model, adapters, deepspeed),
+    kwargs: dict[str, Any] = {"config": hf_config, "dtype": weights_dtype(model, adapters, deepspeed, sharded),
                               "trust_remote_code": model.trust_remote_code}
     if not source.remote_code:
         kwargs["attn_implementation"] = attention
     quantized = adapters.mode == "qlora"
     if quantized:
-        kwargs["quantization_config"] = quantization_config(model, adapters)
-        kwargs["device_map"] = {"": _local_device()}
+        kwargs["quantization_config"] = quantization_config(model, adapters, sharded)
+        if not sharded:
+            kwargs["device_map"] = {"": _local_device()}
     try:
         with arch.quantized_load() if quantized and arch.quantized_load else nullcontext(), \
                 refused_pickles(f"model_name '{source.name}'"):
@@ -177,7 +180,7 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     if adapters.mode == "full":
         trainable = total = sum(p.numel() for p in loaded.parameters())
     else:
-        loaded = add_adapters(loaded, adapters)
+        loaded = add_adapters(loaded, adapters, sharded)
         trainable, total = loaded.get_nb_trainable_parameters()
         targets = sorted({n.rsplit(".", 1)[-1] for n in loaded.peft_config["default"].target_modules})
         notes.append(f"LoRA r={adapters.lora_r} alpha={adapters.lora_alpha} on {', '.join(targets)}")
@@ -188,11 +191,14 @@ def load_model(model: ModelConfig, adapters: AdapterConfig, tokenizer, *, max_le
     return LoadedModel(loaded, attention, trainable, total, optimizer, notes)
 
 
-def weights_dtype(model: ModelConfig, adapters: AdapterConfig, deepspeed: bool) -> torch.dtype:
+def weights_dtype(model: ModelConfig, adapters: AdapterConfig, deepspeed: bool, sharded: bool = False
+                  ) -> torch.dtype:
     """Trained weights stay fp32 (the Trainer's fp16/bf16 autocast does the half-precision compute, and Adam
     needs fp32 master weights) unless DeepSpeed keeps the master copy itself; frozen LoRA bases load in
-    `dtype` to save memory; QLoRA's non-quantized layers are fp32, as prepare_model_for_kbit_training wants."""
-    if adapters.mode == "lora" or (adapters.mode == "full" and deepspeed):
+    `dtype` to save memory; QLoRA's non-quantized layers are fp32, as prepare_model_for_kbit_training wants, except
+    when sharded: every weight, the packed 4-bit ones included, is then in `dtype`, which the engines flatten
+    together (the FSDP-QLoRA recipe of transformers' and peft's guides)."""
+    if adapters.mode == "lora" or (adapters.mode == "full" and deepspeed) or (adapters.mode == "qlora" and sharded):
         return TORCH_DTYPES[model.dtype]
     return torch.float32
 
@@ -236,12 +242,15 @@ def choose_attention(model: ModelConfig, source: ModelSource, padding_free: bool
     return "flash_attention_2", "use_flash_attention is true"
 
 
-def quantization_config(model: ModelConfig, adapters: AdapterConfig):
+def quantization_config(model: ModelConfig, adapters: AdapterConfig, sharded: bool = False):
+    """`sharded`: the packed 4-bit weights are stored in the compute dtype (`bnb_4bit_quant_storage`), so that FSDP
+    and ZeRO-3 shard them like every other weight."""
     from transformers import BitsAndBytesConfig
 
+    storage = {"bnb_4bit_quant_storage": TORCH_DTYPES[model.dtype]} if sharded else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=adapters.quant_type,
                               bnb_4bit_use_double_quant=adapters.double_quant,
-                              bnb_4bit_compute_dtype=TORCH_DTYPES[model.dtype])
+                              bnb_4bit_compute_dtype=TORCH_DTYPES[model.dtype], **storage)
 
 
 def _local_device() -> int | str:
@@ -329,8 +338,9 @@ def check_finite_weights(model, name: str) -> None:
 def check_vocab_fits(model, tokenizer, config: ModelConfig) -> None:
     """Every token id must have a row in both the input embedding and the output head."""
     largest = max(tokenizer.get_vocab().values())
+    head = model.get_output_embeddings().weight
     rows = {"input embedding": model.get_input_embeddings().num_embeddings,
-            "output head": model.get_output_embeddings().weight.shape[0]}
+            "output head": compat.full_shape(head)[0]}
     short = [f"the {part} of model_name '{config.model_name}' has {n:,} rows"
              for part, n in rows.items() if n <= largest]
     if short:

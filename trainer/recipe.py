@@ -1,17 +1,20 @@
 """The SFT recipe: config in, trained model out. What `delphi train`, `trainer_sft.py`, the sweeps' trials, the
 benchmarks and the tests all run.
 
-    seed -> checks -> tokenizer -> datasets (cached) -> model (full / LoRA / QLoRA) -> collator -> sampler -> train()
+    seed -> checks -> memory plan -> tokenizer -> datasets (cached) -> model (full / LoRA / QLoRA) -> collator ->
+    sampler -> train()
 
 The cheap checks come first (output_dir and what it holds, cache_dir, the model's config.json and weights files,
-the tokenizer against the model) and the datasets are read before the weights load, so that a bad input is one
-line within seconds, not after minutes of loading.
+the strategy and what it needs, the tokenizer against the model) and the datasets are read before the weights load,
+so that a bad input is one line within seconds, not after minutes of loading.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DataError
@@ -47,17 +50,20 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     from trainer.data.report import dataset_figures, dataset_stats
     from trainer.data.sampler import draw_counts
     from trainer.formats import FORMATS, format_for
+    from trainer.memory_plan import plan_run
     from trainer.models import (VARLEN_ATTENTIONS, check_model_source, check_positions, check_tokenizer_fits,
-                                load_model)
+                                choose_attention, load_model, optimizer_name)
     from trainer.resume import check_run
     from trainer.run_lock import check_free
+    from trainer.strategy import Strategy, check_host_memory, check_strategy, start_sharded_loading
     from trainer.tokens import load_tokenizer
-    from trainer.train import train
+    from trainer.train import train, training_arguments
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if rank0:
         check_free(Path(config.outputs.output_dir))  # another live run there: refused before any long work
-    start = check_run(config, int(os.environ.get("WORLD_SIZE", "1")))
+    start = check_run(config, world_size)
     if start.finished_step is not None:
         if rank0:
             print(start.finished_line(), flush=True)
@@ -68,6 +74,11 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
                           "`datasets:` list to --configs, or give --datasets")
     source = check_model_source(model, config.adapters)
     check_positions(source, data.max_length, data.val_max_length)
+    strategy = Strategy.of(config.optim)
+    check_strategy(config, strategy, torch.cuda.is_available())
+    eager = choose_attention(model, source, data.padding_free)[0] == "eager"
+    memory = plan_run(config, source.hf_config, world_size, eager)
+    check_host_memory(memory)
     fmt_cls = FORMATS[data.prompt_format]
     tokenizer = load_tokenizer(model.tokenizer, data.max_length, fmt_cls.required_tokens, model.trust_remote_code,
                                fmt_cls.adds_chat_tokens)
@@ -83,8 +94,12 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     # Seeded right before anything draws from the global RNG (the embedding rows added for the chat tokens, the
     # LoRA initialisation), whatever ran before: the Trainer seeds only when it is built, after the model.
     set_seed(config.optim.rng_seed)
+    args = training_arguments(config, has_eval=any(len(b.val) for b in built),
+                              optim_name=optimizer_name(config.adapters), layer_class=source.architecture.layer_class)
+    start_sharded_loading(strategy)
     loaded = load_model(model, config.adapters, tokenizer, max_length=data.max_length,
-                        deepspeed=config.optim.deepspeed, padding_free=data.padding_free, source=source)
+                        deepspeed=config.optim.deepspeed, padding_free=data.padding_free, source=source,
+                        sharded=strategy.shards_weights)
     if rank0:
         print("\n".join(loaded.notes), flush=True)
     counts = draw_counts(data.datasets, [len(b.train) for b in built])
@@ -96,4 +111,4 @@ def run(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult | None:
     report = {f"{b.name}/{key}": value for b in built for key, value in dataset_figures(b, config, collator).items()}
     return train(config, loaded.model, tokenizer, {b.name: b.train for b in built}, {b.name: b.val for b in built},
                  collator, sampler_factory(config, built, counts), data_report=report, optim=loaded.optimizer,
-                 callbacks=callbacks)
+                 callbacks=callbacks, args=args, memory=memory)

@@ -9,7 +9,6 @@ nothing here starts processes).
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from contextlib import nullcontext
@@ -27,36 +26,27 @@ from trainer.checkpoints import complete_checkpoints, newest_complete, tokens_at
 from trainer.compat import deepspeed_loads_weights_only
 from trainer.config import TrainConfig
 from trainer.delphi_trainer import DelphiTrainer, SamplerFactory, peak_memory_gib
-from trainer.errors import ConfigError
-from trainer.paths import bundled
+from trainer.memory_plan import MemoryPlan, plan_run
 from trainer.preemption import Preemption
 from trainer.resume import RunStart, begin_run, check_run, loading, resume_path
 from trainer.run_lock import check_free, locked
 from trainer.run_log import RunLog, RunLogCallback, TokenProgressCallback, quiet_weight_bars
+from trainer.strategy import OPTIMIZERS, Strategy
 
 Samples = Sequence[Mapping[str, Any]]  # each with `input_ids` and `labels` (-100: not trained)
 
 
-def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused"
-                       ) -> TrainingArguments:
+def training_arguments(config: TrainConfig, has_eval: bool, optim_name: str = "adamw_torch_fused",
+                       layer_class: str | None = None) -> TrainingArguments:
     """The config in the Trainer's terms: the keys declared with a `trainer_arg` as they are, and what Delphi
-    decides from the others. DeepSpeed's "auto" values are filled from these by transformers."""
+    decides from the others. DeepSpeed's "auto" values are filled from these by transformers.
+    `optim_name`: the loader's optimizer for `optim: adamw_torch`; `layer_class`: what FSDP wraps as one unit.
+    Under ZeRO-3 these arguments must exist before the model loads (`trainer.strategy.start_sharded_loading`)."""
     cuda = torch.cuda.is_available()
-    deepspeed = None
-    if config.optim.deepspeed:
-        deepspeed = Path(bundled(config.optim.deepspeed_config))
-        if not deepspeed.is_file():
-            raise ConfigError(f"deepspeed_config: no DeepSpeed JSON at {deepspeed}")
-        try:
-            json.loads(deepspeed.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-            raise ConfigError(f"deepspeed_config: {deepspeed}{where}: not a readable DeepSpeed JSON "
-                              f"({getattr(e, 'msg', None) or e})") from None
     return TrainingArguments(
         **config.trainer_args(),
-        optim=optim_name,  # replaced by the JSON's optimizer under DeepSpeed
-        deepspeed=str(deepspeed) if deepspeed else None,
+        optim=OPTIMIZERS[config.optim.optim] or optim_name,  # replaced by the JSON's optimizer under DeepSpeed
+        **Strategy.of(config.optim).training_arguments(layer_class),  # deepspeed, or fsdp and fsdp_config
         use_cpu=not cuda,  # without it, DeepSpeed on CPU computes its batch size for a world of 1
         fp16=cuda and config.model.dtype == "fp16",  # mixed precision (and DeepSpeed's fp16 "auto") only on GPUs
         bf16=cuda and config.model.dtype == "bf16",
@@ -135,12 +125,15 @@ class TrainResult:
 
 def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Samples], val_sets: Mapping[str, Samples],
           collator: Callable, sampler_factory: SamplerFactory, data_report: Mapping[str, Any] | None = None,
-          callbacks: Sequence = (), optim: str = "adamw_torch_fused") -> TrainResult | None:
+          callbacks: Sequence = (), optim: str = "adamw_torch_fused", args: TrainingArguments | None = None,
+          memory: MemoryPlan | None = None) -> TrainResult | None:
     """Train `model` on the concatenated train splits; evaluate each validation split by name. Returns None when
-    output_dir already holds this run, finished (said in one line)."""
+    output_dir already holds this run, finished (said in one line). `args`: the Trainer's arguments where they had
+    to exist before the model loaded (ZeRO-3); `memory`: the plan made before loading (else made here)."""
     output_dir = Path(config.outputs.output_dir)
     evals = {name: samples for name, samples in val_sets.items() if len(samples)}
-    args = training_arguments(config, has_eval=bool(evals), optim_name=optim)
+    if args is None:
+        args = training_arguments(config, has_eval=bool(evals), optim_name=optim, layer_class=layer_class(model))
     main = args.process_index == 0
     dataset = ConcatDataset(list(train_sets.values()))
     sampler = sampler_factory(dataset, args.world_size, args.process_index)
@@ -158,13 +151,15 @@ def train(config: TrainConfig, model, tokenizer, train_sets: Mapping[str, Sample
         return None
     with locked(output_dir) if main else nullcontext():
         return _locked_run(config, args, plan, start, model, tokenizer, dataset, evals, sampler, collator,
-                           data_report, callbacks)
+                           data_report, callbacks, memory)
 
 
 def _locked_run(config: TrainConfig, args: TrainingArguments, plan: StepPlan, start: RunStart, model, tokenizer,
-                dataset, evals, sampler, collator, data_report, callbacks) -> TrainResult:
+                dataset, evals, sampler, collator, data_report, callbacks, memory: MemoryPlan | None
+                ) -> TrainResult:
     """`train` once this process holds output_dir (the main process) or the main process does (the others)."""
     output_dir = Path(config.outputs.output_dir)
+    strategy = Strategy.of(config.optim)
     main = args.process_index == 0
     if main:
         begin_run(config, start)
@@ -177,7 +172,9 @@ def _locked_run(config: TrainConfig, args: TrainingArguments, plan: StepPlan, st
         trainer = DelphiTrainer(
             model=model, args=args, processing_class=tokenizer, data_collator=collator, train_dataset=dataset,
             eval_dataset=evals or None, sampler_factory=lambda *_: sampler, run_config=config,
-            chunked_loss=config.model.chunked_loss, callbacks=[log_callback, preemption, *callbacks])
+            # Sharded weights are whole only inside the model's forward pass: the loss reads the logits.
+            chunked_loss=config.model.chunked_loss and not strategy.shards_weights,
+            callbacks=[log_callback, preemption, *callbacks])
         if resume:
             trainer.tokens_before = tokens_at(resume)
         trainer.remove_callback(ProgressCallback)
@@ -185,6 +182,7 @@ def _locked_run(config: TrainConfig, args: TrainingArguments, plan: StepPlan, st
         trainer.add_callback(progress)
         if main:
             print(plan.describe(), flush=True)
+            print((memory or plan_run(config, model.config, args.world_size)).describe(), flush=True)
             if resume:
                 print(f"resuming from {resume}", flush=True)
             run_log.summary({"plan/steps_per_epoch": plan.steps_per_epoch, "plan/total_steps": plan.total_steps,
@@ -214,3 +212,11 @@ def _locked_run(config: TrainConfig, args: TrainingArguments, plan: StepPlan, st
     finally:
         run_log.finish()
     return result
+
+
+def layer_class(model) -> str | None:
+    """The architecture entry's transformer layer class (what FSDP wraps), for the model's config.json type."""
+    from trainer.architectures import ARCHITECTURES
+
+    entry = ARCHITECTURES.get(getattr(model.config, "model_type", ""))
+    return entry.layer_class if entry else None

@@ -36,3 +36,6 @@ class Architecture:
     after_load: Callable[[Any, float], None] | None = None
     # Entered while the model loads in 4 bits (e.g. to make its linear layers quantizable).
     quantized_load: Callable[[], ContextManager] | None = None
+    # The transformer layer's class name: FSDP2 shards and gathers one of these at a time. None: the model class's
+    # `_no_split_modules` (accelerate's own default).
+    layer_class: str | None = None

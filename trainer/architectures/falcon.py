@@ -16,6 +16,7 @@ def tiny_config(vocab_size: int, hidden: int, layers: int, heads: int, max_posit
 
 # Packed rows: rotary positions and `create_causal_mask`, as GPT-NeoX. 4-bit: see compat.falcon_linears_quantizable.
 ARCHITECTURE = Architecture("falcon", dropout_fields=("hidden_dropout",), packing="position_ids",
+                            layer_class="FalconDecoderLayer",
                             tiny_config=tiny_config, family="Falcon",
                             lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
                             quantized_load=compat.falcon_linears_quantizable)

@@ -15,5 +15,6 @@ def tiny_config(vocab_size: int, hidden: int, layers: int, heads: int, max_posit
 
 # Packed rows: `create_causal_mask` splits a row into causal blocks wherever position_ids restart.
 ARCHITECTURE = Architecture("gpt_neox", dropout_fields=("hidden_dropout",), packing="position_ids",
+                            layer_class="GPTNeoXLayer",
                             tiny_config=tiny_config, family="GPT-NeoX / Pythia",
                             lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"), varlen=True)

@@ -24,5 +24,6 @@ def grow_max_seq_len(hf_config, max_length: int) -> list[str]:
 # Packed rows: ALiBi ignores position_ids, so MPT gets a 4D block-diagonal mask. `resid_pdrop` is what
 # MosaicML's remote code reads; transformers' class needs compat.set_mpt_residual_dropout.
 ARCHITECTURE = Architecture("mpt", dropout_fields=("resid_pdrop",), packing="block_mask", tiny_config=tiny_config,
+                            layer_class="MptBlock",
                             family="MPT", lora_targets=("Wqkv", "out_proj", "up_proj", "down_proj"),
                             adapt_config=grow_max_seq_len, after_load=compat.set_mpt_residual_dropout)

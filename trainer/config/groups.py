@@ -20,6 +20,7 @@ from trainer.errors import ConfigError
 from trainer.formats import FORMATS
 from trainer.schema import (CHANGEABLE, FIXED, FREE, at_least, build, check, comma_list, fields_of, finite_positive,
                             nearest, option)
+from trainer.strategy import FSDP_SHARDING, OPTIMIZERS
 
 RESUME_LAST = "last"  # resume_from_checkpoint: the newest checkpoint in output_dir (OASST's and HF's `True`)
 SEED_LIMIT = 2**32  # numpy's legacy seeding, which transformers' set_seed uses, takes 0 .. 2**32 - 1
@@ -41,6 +42,8 @@ class ModelConfig:
     # Not the Trainer's: `trainer.models.load_model` enables it (QLoRA's way for QLoRA).
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory",
                                           trainer_arg=False, resume=FREE)
+    activation_offload: bool = option(False, "keep the activations saved for the backward pass in host memory "
+                                             "(with gradient_checkpointing: only each layer's input)", resume=FREE)
     chunked_loss: bool = option(True, "cross-entropy in chunks straight from the hidden states: the (tokens x vocab) "
                                       "logits are never built")
     compile: bool = option(False, "torch.compile the model (shapes vary with the data: pays off on long GPU runs)",
@@ -147,9 +150,16 @@ class OptimConfig:
     adam_epsilon: float = option(1e-12, "AdamW epsilon", trainer_arg=True)
     weight_decay: float = option(0.0, "AdamW weight decay", trainer_arg=True)
     max_grad_norm: float = option(2.0, "gradient clipping norm", trainer_arg=True, resume=CHANGEABLE)
-    # The Trainer's `deepspeed` is the JSON's path: `trainer.train.training_arguments` passes deepspeed_config.
+    # The Trainer's `deepspeed`, `fsdp` and `optim` come from trainer.strategy (`training_arguments`).
     deepspeed: bool = option(False, "train under DeepSpeed with deepspeed_config", trainer_arg=False)
-    deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config)")
+    deepspeed_config: str = option("configs/zero2.json", "DeepSpeed JSON (its \"auto\" values come from this config), "
+                                                         "or zero2, zero3, zero3_offload: the ones Delphi carries")
+    fsdp: str | None = option(None, "shard with torch FSDP2: full_shard (weights, gradients, optimizer state) or "
+                                    "shard_grad_op (weights kept whole from forward to backward); none: off",
+                              choices=tuple(FSDP_SHARDING), trainer_arg=False)
+    optim: str = option("adamw_torch", "adamw_torch (QLoRA: paged AdamW on CUDA), or bitsandbytes' adamw_8bit, "
+                                       "paged_adamw_8bit, paged_adamw_32bit (CUDA only)", choices=tuple(OPTIMIZERS),
+                        trainer_arg=False)
     divergence_spike_factor: float = option(5.0, "stop the run when the logged loss stays above this many times "
                                                  "its running median (taken as at least 1); 0: off (a nan or inf "
                                                  "loss or gradient norm always stops it)", resume=FREE)

@@ -9,7 +9,7 @@ RETIRED_OASST_KEYS = {
     "samples_mixing": "use `packing: true`, which keeps samples from attending to each other",
     "random_offset_probability": "Delphi truncates by dropping the oldest turns, never a random window",
     "datasets_extra": "lists replace on merge: name every dataset in one `datasets` list",
-    "quantization": "8-bit AdamW is not offered; use QLoRA for low-memory training",
+    "quantization": "8-bit AdamW is `optim: adamw_8bit` (on CUDA)",
     "per_digit_tokens": "the tokenizer is used as the model ships it",
     "is_reward_model": "Delphi does supervised fine-tuning only",
     "seq2seqmodel": "Delphi trains decoder-only causal LMs",
