@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import zstandard
-
 Setup = Callable[[Path, Path], None]  # (case dir, world dir)
 
 
@@ -69,6 +67,12 @@ def table_bytes(columns: dict, parquet: bool = True) -> bytes:
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
 
 
 def lines(*records) -> str:
@@ -361,7 +365,7 @@ case("data", "gzip-fake", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the f
 case("data", "gzip-cut", data("alpaca", "{C}/d.jsonl.gz"), "cannot decode the file",
      write("d.jsonl.gz", gzip.compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
 case("data", "zstd-cut", data("alpaca", "{C}/d.jsonl.zst"), "cannot decode the file as zstd-compressed JSON",
-     write("d.jsonl.zst", zstandard.ZstdCompressor().compress(lines(*[ALPACA_OK] * 50).encode())[:40]))
+     lambda c, w: write("d.jsonl.zst", zstd(lines(*[ALPACA_OK] * 50).encode())[:40])(c, w))
 case("data", "parquet-other-columns", data("alpaca", "{C}/d.parquet"),
      "the alpaca kind needs the column(s) instruction, output; the file has question, answer",
      write("d.parquet", table_bytes({"question": ["q?"], "answer": ["a."]})))

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
 from trainer.config import DatasetConfig
 from trainer.data.sources import load_source
@@ -73,6 +72,7 @@ def test_a_directory_of_shards_reads_them_in_name_order(tmp_path, from_jsonl):
 
 
 def test_gzip_and_zstd_jsonl(tmp_path, from_jsonl):
+    zstandard = pytest.importorskip("zstandard")  # a dependency (pyproject.toml); older venvs may lack it
     text = "".join(json.dumps(r) + "\n" for r in CHATS).encode()
     (tmp_path / "chat.jsonl.gz").write_bytes(gzip.compress(text))
     # Two zstd frames, as parallel compressors write them.
@@ -138,6 +138,7 @@ def test_a_truncated_shard_is_one_line(tmp_path, suffix):
 
 
 def test_a_truncated_zstd_file_is_an_error_not_a_shorter_dataset(tmp_path):
+    zstandard = pytest.importorskip("zstandard")  # a dependency (pyproject.toml); older venvs may lack it
     compressed = zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in CHATS).encode())
     path = tmp_path / "cut.jsonl.zst"
     path.write_bytes(compressed[:len(compressed) // 2])

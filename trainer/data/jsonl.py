@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
-
 from trainer.errors import DataError
 
 # How many skipped locations a report shows; the count is always complete.
@@ -62,13 +60,21 @@ class BadRecords:
 LINE_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 
+class ZstdCut(ValueError):
+    """A .zst file that ends inside a frame, or whose bytes are not zstd."""
+
+
 class ZstdReader(io.RawIOBase):
     """A `.zst` file's decompressed bytes, frame after frame, in bounded pieces. Unlike zstandard's
     `stream_reader`, a file that ends inside a frame (a cut download) is an error, not a silently shorter file."""
 
     def __init__(self, path: Path):
+        import zstandard  # only for .zst files
+
         self._file = open(path, "rb")
-        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._frame_type = lambda: zstandard.ZstdDecompressor().decompressobj()
+        self._error = zstandard.ZstdError
+        self._frame = self._frame_type()
         self._pending, self._offset = memoryview(b""), 0
 
     def readable(self) -> bool:
@@ -79,13 +85,16 @@ class ZstdReader(io.RawIOBase):
             raw = self._file.read(1 << 20)
             if not raw:
                 if not self._frame.eof:
-                    raise zstandard.ZstdError("the file ends inside a zstd frame (cut short?)")
+                    raise ZstdCut("the file ends inside a zstd frame (cut short?)")
                 return 0
             out = []
             while raw:
                 if self._frame.eof:  # a new frame follows the finished one
-                    self._frame = zstandard.ZstdDecompressor().decompressobj()
-                out.append(self._frame.decompress(raw))
+                    self._frame = self._frame_type()
+                try:
+                    out.append(self._frame.decompress(raw))
+                except self._error as e:
+                    raise ZstdCut(str(e)) from None
                 raw = self._frame.unused_data if self._frame.eof else b""
             self._pending, self._offset = memoryview(b"".join(out)), 0
         n = min(len(buffer), len(self._pending) - self._offset)
@@ -150,7 +159,7 @@ def read_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict[str, A
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise DataError(f"{path}: cannot decode the file (expected UTF-8 JSON, gzip when named .gz): {e}") \
                 from None
-        except zstandard.ZstdError as e:
+        except ZstdCut as e:
             raise DataError(f"{path}: cannot decode the file as zstd-compressed JSON (named .zst): {e}") from None
         except OSError as e:
             raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
